@@ -1,0 +1,40 @@
+"""tuneline: fine-tune a pretrained language model for one task, end to end.
+
+    import tuneline
+    result = tuneline.train("examples/reviews/recipe.yaml")
+    run = tuneline.load_run(result.path)
+    run.predict(["Great blender, crushes ice in seconds."])
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["train", "load_run", "evaluate", "load_recipe", "UserError", "RunFailed", "__version__"]
+
+from .errors import RunFailed, UserError
+
+
+def train(recipe, **kwargs):
+    """Run a recipe (path to YAML, or a Recipe) end to end. See `pipeline.train` for options."""
+    from .pipeline import train as _train
+
+    return _train(recipe, **kwargs)
+
+
+def load_run(path):
+    """Load a finished run folder for `predict(texts)` / `evaluate(data)`."""
+    from .inference import load_run as _load_run
+
+    return _load_run(path)
+
+
+def evaluate(run_path, data=None) -> dict:
+    """Evaluate a finished run on its test split or on another file; returns the eval.json object."""
+    return load_run(run_path).evaluate(data)
+
+
+def load_recipe(path, overrides=None):
+    from .recipe import load_recipe as _load
+
+    return _load(path, overrides)[0]

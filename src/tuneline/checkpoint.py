@@ -1,0 +1,98 @@
+"""Training checkpoints: trainable weights, optimizer, scheduler, RNG and loop position.
+
+Everything is safetensors or JSON except the optimizer state, which is our own file and is
+read back with torch.load(weights_only=True): nothing user-supplied is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .runs import atomic_write_json, replace_dir
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise RuntimeError(f"checkpoint does not match the model: unknown parameters {missing[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
+def save_weights(model: torch.nn.Module, folder: Path) -> None:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict) -> None:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda{i}"] = s
+        save_file(rng, str(tmp / "rng.safetensors"))
+        state = dict(loop_state)
+        state["python_random"] = _py_random_state()
+        atomic_write_json(tmp / "state.json", state)
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def find_checkpoint(folder: Path) -> Path | None:
+    """The last complete checkpoint; a kill during the swap leaves the previous one as `.last.old`."""
+    folder = Path(folder)
+    for c in (folder, folder.with_name(f".{folder.name}.old")):
+        if (c / "state.json").exists():
+            return c
+    return None
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
+    folder = Path(folder)
+    load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
+    state = json.loads((folder / "state.json").read_text())
+    _set_py_random_state(state.pop("python_random"))
+    return state
+
+
+def _py_random_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_py_random_state(s: list) -> None:
+    random.setstate((s[0], tuple(s[1]), s[2]))

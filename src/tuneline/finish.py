@@ -1,0 +1,104 @@
+"""After the loop: restore the best weights, write the final model, evaluate, report, mark complete."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from .checkpoint import load_trainable_state
+from .methods import PEFT_METHODS
+from .runs import RunDir, atomic_write_json, replace_dir
+
+
+def save_final_model(model, tokenizer, recipe, run: RunDir) -> tuple[object, bool]:
+    """Write adapter/ (PEFT methods) and model/ (plain Transformers). Returns (model to use, merged?)."""
+    merged = True
+    if recipe.method in PEFT_METHODS:
+        tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".adapter."))
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, run.adapter_dir)
+        if recipe.method == "prompt":
+            # Virtual prompt tokens cannot be folded into the weights: the adapter is the model.
+            return model, False
+        model = model.merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".model."))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, run.model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return model, merged
+
+
+def run_info(recipe, source, labels, merged: bool, majority: int | None) -> dict:
+    return {
+        "format": 1,
+        "task": recipe.task,
+        "method": recipe.method,
+        "labels": labels,
+        "majority_label": labels[majority] if labels and majority is not None else None,
+        "base_model": recipe.model,
+        "base_model_path": source.path,
+        "merged": merged,
+        "model_dir": "model" if merged else None,
+        "adapter_dir": "adapter" if recipe.method in PEFT_METHODS else None,
+        "max_length": recipe.train.max_length,
+        "trust_remote_code": recipe.trust_remote_code,
+        "generate": recipe.generate.model_dump(mode="json"),
+    }
+
+
+def evaluate_split(task, model, tokenizer, prepared, data, recipe, device) -> dict:
+    bs = recipe.eval.batch_size or (recipe.train.eval_batch_size or recipe.train.batch_size * 2)
+    tuned = task.evaluate(model, data, prepared.labels, tokenizer.pad_token_id, bs, device)
+    baseline = task.baseline(task.majority(prepared.train.labels), data, prepared.labels)
+    return {"task": recipe.task, "labels": prepared.labels, "n": len(data), "tuned": tuned, "baseline": baseline}
+
+
+def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, state: dict, started: float):
+    from .pipeline import RunResult
+    from .report import write_report
+
+    best = run.best_ckpt / "trainable.safetensors"
+    if best.exists():
+        load_trainable_state(model, load_file(str(best)))
+        print(f"Restored the best checkpoint (step {state['best_step']}, validation {state['metric']} "
+              f"{state['best']:.4f}).", flush=True)
+    model.eval()
+    final, merged = save_final_model(model, tokenizer, recipe, run)
+    atomic_write_json(run.info_file, run_info(recipe, source, prepared.labels, merged,
+                                                 task.majority(prepared.train.labels) if prepared.labels else None))
+    device = next(final.parameters()).device
+    t0 = time.time()
+    result = evaluate_split(task, final, tokenizer, prepared, prepared.test, recipe, device)
+    result["split"] = "test"
+    atomic_write_json(run.eval_file, result)
+    eval_seconds = time.time() - t0
+    manifest = run.update_manifest(
+        status="completed", ended=time.time(), wall_seconds=round(time.time() - started, 2),
+        steps=state["step"], best_step=state["best_step"], best_validation=state["best"],
+        stopped_early=state["stopped_early"], trained_tokens=state["tokens"],
+        train_seconds=round(state["train_seconds"], 2),
+        tokens_per_second=round(state["tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
+        test_eval_seconds=round(eval_seconds, 2),
+    )
+    shutil.rmtree(run.last_ckpt, ignore_errors=True)  # optimizer state is only needed to resume
+    write_report(run, manifest, result)
+    print_summary(result, run)
+    return RunResult(run.path, result)
+
+
+def print_summary(result: dict, run: RunDir) -> None:
+    from .cli_format import metrics_table
+
+    print()
+    print(metrics_table(result))
+    print(f"\nRun folder: {run.path}")
+    print(f"Report:     {run.report}")

@@ -1,0 +1,87 @@
+"""A finished run, loaded for prediction and evaluation: `tuneline.load_run(dir)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from .data.io import read_rows, resolve_data_path
+from .errors import UserError
+from .recipe import recipe_from_dict
+from .runs import RunDir
+from .tasks import get_task
+
+
+class LoadedRun:
+    def __init__(self, path: str | Path):
+        self.run = RunDir(path)
+        if not self.run.path.is_dir():
+            raise UserError(f"{path}: run folder not found")
+        if not self.run.info_file.exists():
+            status = self.run.read_manifest().get("status", "unknown")
+            raise UserError(f"{path}: this run has no final model (status: {status}); "
+                            f"finish it with `tuneline train RECIPE --resume`")
+        self.info = json.loads(self.run.info_file.read_text())
+        self.recipe = recipe_from_dict(yaml.safe_load(self.run.recipe.read_text()), str(self.run.recipe))
+        self.task = get_task(self.info["task"])
+        self.labels = self.info.get("labels")
+        self.model, self.tokenizer = self._load()
+        self.model.eval()
+
+    def _load(self):
+        from .models import load_tokenizer
+
+        trust = self.info.get("trust_remote_code", False)
+        if self.info.get("merged"):
+            folder = str(self.run.path / self.info["model_dir"])
+            tok = load_tokenizer(folder, trust)
+            return self.task.load_trained(folder, trust), tok
+        # Adapter that cannot be merged (prompt tuning): base model + adapter.
+        from peft import PeftModel
+
+        from .models import resolve_model
+
+        adapter = str(self.run.path / self.info["adapter_dir"])
+        tok = load_tokenizer(adapter, trust)
+        base_path = self.info["base_model_path"]
+        if not Path(base_path).exists() and "/" not in base_path:
+            base_path = resolve_model(self.info["base_model"]).path
+        base = self.task.load_model(base_path, self.recipe, tok, self.labels)
+        return PeftModel.from_pretrained(base, adapter), tok
+
+    @property
+    def max_length(self) -> int:
+        return self.info.get("max_length", 512)
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[dict]:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.task.predict(self.model, self.tokenizer, list(texts), self.max_length, batch_size)
+
+    def test_data_path(self) -> str:
+        manifest = self.run.read_manifest()
+        held = manifest.get("held_out", {})
+        if "test" in held:
+            return held["test"]
+        return manifest["data"]["test"]["path"]
+
+    def evaluate(self, data: str | Path | None = None, batch_size: int = 64) -> dict:
+        path = Path(data) if data else Path(self.test_data_path())
+        if data:
+            path = resolve_data_path(str(data), None, "--data")
+        rows = read_rows(path)
+        encoded = self.task.encode(rows, self.recipe, self.tokenizer, self.labels)
+        device = next(self.model.parameters()).device
+        tuned = self.task.evaluate(self.model, encoded, self.labels, self.tokenizer.pad_token_id, batch_size, device)
+        majority = self.labels.index(self.info["majority_label"])
+        baseline = self.task.baseline(majority, encoded, self.labels)
+        return {"task": self.info["task"], "labels": self.labels, "n": len(encoded), "split": str(path),
+                "tuned": tuned, "baseline": baseline}
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    torch.set_grad_enabled(True)
+    return LoadedRun(path)

@@ -1,0 +1,206 @@
+"""One run from recipe to run folder: data -> model -> method -> loop -> final model -> eval -> report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import hardware
+from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
+from .data.split import split_rows
+from .errors import RunFailed, UserError
+from .methods import PEFT_METHODS, apply_method, count_parameters
+from .models import resolve_model, load_tokenizer
+from .recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
+from .runs import RunDir, atomic_write_json, atomic_write_text, package_versions, replace_dir
+from .tasks import get_task
+
+
+@dataclass
+class Splits:
+    train: Rows
+    validation: Rows
+    test: Rows
+    held_out: dict  # split name -> True when it was cut from train
+
+
+def load_splits(recipe: Recipe, base_dir: Path | None, task) -> tuple[Splits, dict]:
+    d = recipe.data
+    paths = {"train": resolve_data_path(d.train, base_dir, "data.train")}
+    for name in ("validation", "test"):
+        value = getattr(d, name)
+        if value:
+            paths[name] = resolve_data_path(value, base_dir, f"data.{name}")
+    train = read_rows(paths["train"])
+    if d.max_rows:
+        train = train.subset(list(range(min(d.max_rows, len(train)))))
+    held = {}
+    parts = {}
+    for name, size in (("test", d.test_size), ("validation", d.validation_size)):
+        if name in paths:
+            parts[name] = read_rows(paths[name])
+        else:
+            strata = task.strata(train, recipe) if hasattr(task, "strata") else None
+            train, parts[name] = split_rows(train, size, recipe.train.seed, strata, name)
+            held[name] = True
+    hashes = {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in paths.items()}
+    return Splits(train, parts["validation"], parts["test"], held), hashes
+
+
+def _setup_threads(recipe: Recipe) -> None:
+    n = recipe.train.num_threads or hardware.physical_cores()
+    torch.set_num_threads(n)
+
+
+def _accelerator(precision: str):
+    from accelerate import Accelerator
+
+    if precision == "fp16" and hardware.device_type() == "cpu":
+        raise UserError("train.precision: fp16 needs a GPU; use auto, fp32 or bf16 on a CPU")
+    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
+
+
+def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None,
+          resume: bool = False, overwrite: bool = False, base_dir: Path | None = None) -> "RunResult":
+    """Run a recipe end to end; returns the run's results. Raises UserError for bad input."""
+    name = "run"
+    if isinstance(recipe, (str, Path)):
+        name = Path(recipe).stem if Path(recipe).stem != "recipe" else Path(recipe).resolve().parent.name
+        recipe, base_dir = load_recipe(recipe, overrides)
+    elif overrides:
+        from .recipe import apply_overrides
+
+        recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
+    out = Path(output or recipe.output or Path("runs") / name)
+    run = RunDir(out)
+    if run.path.exists() and any(run.path.iterdir()):
+        if resume:
+            if not run.exists():
+                raise UserError(f"{out}: not a run folder (run.json missing); nothing to resume")
+            saved = recipe_from_dict(__import__("yaml").safe_load(run.recipe.read_text()), str(run.recipe))
+            diff = _recipe_diff(saved, recipe)
+            if diff:
+                raise UserError(f"--resume: the recipe differs from the run's ({', '.join(diff)}); "
+                                f"resume with the same recipe, or start a new run")
+            if run.read_manifest().get("status") == "completed":
+                print(f"{out} is already complete; nothing to resume.")
+                return RunResult.load(out)
+        elif overwrite:
+            shutil.rmtree(run.path)
+        else:
+            raise UserError(f"{out}: run folder already exists; use --resume to continue it, --overwrite to "
+                            f"replace it, or set output to a new folder")
+    elif resume:
+        resume = False  # nothing to resume: a fresh run
+
+    task = get_task(recipe.task)
+    if recipe.train.early_stopping and recipe.train.early_stopping.metric not in task.metric_names:
+        raise UserError(f"train.early_stopping.metric: {recipe.train.early_stopping.metric!r} is not a "
+                        f"{recipe.task} metric; allowed: {', '.join(task.metric_names)}")
+    _setup_threads(recipe)
+    precision = hardware.resolve_precision(recipe.train.precision)
+    source = resolve_model(recipe.model, base_dir)
+    tokenizer = load_tokenizer(source.path, recipe.trust_remote_code)
+    splits, hashes = load_splits(recipe, base_dir, task)
+    if resume:
+        old = run.read_manifest().get("data", {})
+        changed = [k for k, v in hashes.items() if old.get(k, {}).get("sha256") != v["sha256"]]
+        if changed:
+            raise UserError(f"--resume: data changed since the run started ({', '.join(changed)}); start a new run")
+
+    prepared = task.prepare(splits, recipe, tokenizer)
+    run.path.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if not resume:
+        atomic_write_text(run.recipe, recipe_to_yaml(recipe))
+        for split_name in splits.held_out:
+            write_jsonl(run.splits / f"{split_name}.jsonl", getattr(splits, split_name).records)
+    run.update_manifest(
+        status="running", task=recipe.task, method=recipe.method, model=recipe.model,
+        model_path=source.path, precision=precision, started=started, data=hashes,
+        held_out={k: str(run.splits / f"{k}.jsonl") for k in splits.held_out},
+        rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+        versions=package_versions(), hardware=hardware.describe(), error=None,
+    )
+    try:
+        result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started)
+    except KeyboardInterrupt:
+        run.update_manifest(status="interrupted", ended=time.time(),
+                            error="interrupted; continue with --resume")
+        raise
+    except UserError as e:
+        run.update_manifest(status="failed", ended=time.time(), error=str(e))
+        raise
+    except Exception as e:
+        run.update_manifest(status="failed", ended=time.time(), error=f"{type(e).__name__}: {e}",
+                            traceback=traceback.format_exc())
+        if isinstance(e, RunFailed):
+            raise
+        raise RunFailed(f"run failed: {type(e).__name__}: {e} (details in {run.manifest})") from e
+    return result
+
+
+def _recipe_diff(a: Recipe, b: Recipe) -> list[str]:
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    out = []
+
+    def walk(x, y, prefix):
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), f"{prefix}{k}.")
+        elif x != y:
+            out.append(prefix.rstrip("."))
+
+    walk(da, db, "")
+    return [k for k in out if k != "output"]
+
+
+def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, precision, resume, started):
+    from transformers import set_seed
+
+    from .finish import finish_run
+
+    # Seed before the model is built: the new head's initial weights depend on it.
+    set_seed(recipe.train.seed)
+    model = task.load_model(source.path, recipe, tokenizer, prepared.labels)
+    model = apply_method(model, recipe)
+    trainable, total = count_parameters(model)
+    print(f"Model {recipe.model} ({source.kind}), method {recipe.method}: trainable parameters "
+          f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)", flush=True)
+    print(f"Data: {len(prepared.train)} train, {len(prepared.validation)} validation, {len(prepared.test)} test rows; "
+          f"precision {precision}, {torch.get_num_threads()} CPU threads" if hardware.device_type() == "cpu"
+          else f"Data: {len(prepared.train)} train rows; precision {precision} on {hardware.device_type()}", flush=True)
+    run.update_manifest(parameters={"trainable": trainable, "total": total})
+
+    from .train import Trainer
+
+    accelerator = _accelerator(precision)
+    trainer = Trainer(model=model, task=task, train_data=prepared.train, val_data=prepared.validation,
+                      labels=prepared.labels, recipe=recipe, run=run, pad_id=tokenizer.pad_token_id,
+                      accelerator=accelerator)
+    print(f"Training {trainer.plan.total_steps} steps ({trainer.plan.steps_per_epoch} per epoch) -> {run.path}",
+          flush=True)
+    state = trainer.run_loop(resume=resume)
+    model = accelerator.unwrap_model(trainer.model)
+    return finish_run(recipe, task, source, tokenizer, prepared, run, model, state, started)
+
+
+@dataclass
+class RunResult:
+    path: Path
+    eval: dict
+
+    @classmethod
+    def load(cls, path) -> "RunResult":
+        import json
+
+        run = RunDir(path)
+        data = json.loads(run.eval_file.read_text()) if run.eval_file.exists() else {}
+        return cls(Path(path), data)

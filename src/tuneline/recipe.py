@@ -1,0 +1,206 @@
+"""The recipe: the validated description of one run (YAML + `--set key=value` overrides)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    train: str = Field(description="training rows: .jsonl, .csv, .parquet or a datasets folder")
+    validation: Optional[str] = Field(None, description="split from train (stratified, seeded) when absent")
+    test: Optional[str] = Field(None, description="split from train (stratified, seeded) when absent")
+    text_column: Optional[str] = Field(None, description="input column; auto-detected when absent")
+    label_column: Optional[str] = Field(None, description="label column (classify); auto-detected when absent")
+    format: Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt"] = Field(
+        "auto", description="row format for the generate task"
+    )
+    validation_size: float = Field(0.1, gt=0, lt=0.5, description="share of train held out when no validation file")
+    test_size: float = Field(0.1, gt=0, lt=0.5, description="share of train held out when no test file")
+    max_rows: Optional[int] = Field(None, gt=0, description="use only the first N training rows")
+
+
+class EarlyStoppingConfig(_Strict):
+    metric: str = Field("loss", description="validation metric to watch: loss, accuracy, macro_f1, ...")
+    mode: Optional[Literal["min", "max"]] = Field(None, description="min for loss-like metrics, max otherwise")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+    def resolved_mode(self) -> str:
+        if self.mode:
+            return self.mode
+        return "min" if self.metric in ("loss", "perplexity") else "max"
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: Optional[int] = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(128, ge=8)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    dropout: Optional[float] = Field(None, ge=0, lt=1, description="override the model's dropout rates")
+    early_stopping: Optional[EarlyStoppingConfig] = None
+    eval_every: Optional[int] = Field(None, ge=1, description="evaluate every N optimizer steps (and at each epoch end)")
+    save_every: Optional[int] = Field(None, ge=1, description="checkpoint every N steps; default: at each evaluation")
+    log_every: int = Field(10, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 42
+    group_by_length: bool = Field(True, description="batch rows of similar length together (less padding)")
+    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads; default: physical cores")
+
+
+class LoraOptions(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Optional[list[str]] = Field(None, description="default per architecture")
+
+
+class FreezeOptions(_Strict):
+    train_layers: int = Field(2, ge=0, description="top transformer layers trained besides the head")
+
+
+class IA3Options(_Strict):
+    target_modules: Optional[list[str]] = None
+    feedforward_modules: Optional[list[str]] = None
+
+
+class PromptOptions(_Strict):
+    num_virtual_tokens: int = Field(20, ge=1)
+
+
+class GenerateOptions(_Strict):
+    loss_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    truncation: Literal["left", "drop"] = Field("left", description="too-long rows: cut old history, or drop")
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    system_prompt: Optional[str] = None
+
+
+class EvalOptions(_Strict):
+    batch_size: Optional[int] = Field(None, ge=1)
+    max_samples: Optional[int] = Field(None, ge=1, description="cap on test rows evaluated (generation is slow)")
+
+
+class Recipe(_Strict):
+    task: Literal["classify", "generate"]
+    model: str = Field(description="catalog alias, local folder, hub id or .gguf file")
+    method: Literal["full", "freeze", "lora", "dora", "ia3", "prompt"] = "full"
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    lora: LoraOptions = LoraOptions()
+    freeze: FreezeOptions = FreezeOptions()
+    ia3: IA3Options = IA3Options()
+    prompt: PromptOptions = PromptOptions()
+    generate: GenerateOptions = GenerateOptions()
+    eval: EvalOptions = EvalOptions()
+    output: Optional[str] = Field(None, description="run folder; default runs/<recipe name>")
+    trust_remote_code: bool = False
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: the recipe is not valid:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(e["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "?"
+            msg = f"unknown key; allowed keys here: {allowed}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  - {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        # unwrap Optional[X]
+        args = getattr(ann, "__args__", None)
+        if args:
+            ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise UserError(f"--set {item}: {part!r} is not a section of the recipe")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
+    """Read a YAML recipe, apply overrides, validate. Returns the recipe and its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping (task:, model:, data:, ...)")
+    data = apply_overrides(data, overrides or [])
+    recipe = recipe_from_dict(data, source=str(path))
+    return recipe, path.resolve().parent
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_format_validation_error(e, source)) from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

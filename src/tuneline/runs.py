@@ -1,0 +1,118 @@
+"""The run folder: atomic writes, a manifest (run.json), the metrics log, listing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Swap a fully written folder into place (old one removed only after the new one is complete)."""
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp_dir, final_dir)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("tuneline", "torch", "transformers", "peft", "accelerate", "safetensors", "scikit-learn", "datasets"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class RunDir:
+    """Paths and small writers for one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # layout
+    recipe = property(lambda self: self.path / "recipe.yaml")
+    manifest = property(lambda self: self.path / "run.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last_ckpt = property(lambda self: self.path / "checkpoints" / "last")
+    best_ckpt = property(lambda self: self.path / "checkpoints" / "best")
+    model_dir = property(lambda self: self.path / "model")
+    adapter_dir = property(lambda self: self.path / "adapter")
+    eval_file = property(lambda self: self.path / "eval.json")
+    report = property(lambda self: self.path / "report.html")
+    splits = property(lambda self: self.path / "data")
+    info_file = property(lambda self: self.path / "tuneline.json")
+
+    def exists(self) -> bool:
+        return self.manifest.exists()
+
+    def read_manifest(self) -> dict:
+        return json.loads(self.manifest.read_text()) if self.manifest.exists() else {}
+
+    def update_manifest(self, **fields: Any) -> dict:
+        data = self.read_manifest()
+        data.update(fields)
+        atomic_write_json(self.manifest, data)
+        return data
+
+    def log_metrics(self, record: dict) -> None:
+        # One line per event, flushed: a killed run keeps everything logged so far.
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.metrics.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        out = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill -9
+        return out
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """On resume, drop log lines written after the checkpoint we resume from."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,222 @@
+"""Task `classify`: text -> one label, with a sequence-classification head on any encoder or decoder."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..data.batching import pad_batch, sorted_batches
+from ..data.io import Rows
+from ..errors import UserError
+from ..evaluate.metrics import classification_metrics
+
+TEXT_COLUMNS = ("text", "sentence", "review", "content", "input", "document", "utterance", "query",
+                "question", "comment", "body", "instruction")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "category", "class", "intent", "target", "topic", "y")
+
+
+@dataclass
+class Encoded:
+    """One split, tokenized: token ids per row, label ids, and where each row came from."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+    where: list[str]
+    texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+    def trained_tokens(self) -> int:
+        return sum(self.lengths)
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], key: str, path: str) -> str:
+    if wanted:
+        if wanted not in columns:
+            raise UserError(f"{key}: column {wanted!r} is not in {path} (columns: {', '.join(columns)})")
+        return wanted
+    lower = {c.lower(): c for c in columns}
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    raise UserError(
+        f"{path}: cannot tell which column is the {key.split('_')[0].split('.')[-1]} "
+        f"(columns: {', '.join(columns)}); set {key} in the recipe"
+    )
+
+
+def label_to_str(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+class ClassifyTask:
+    name = "classify"
+    default_metric = "macro_f1"
+    metric_names = ("loss", "accuracy", "macro_f1")
+
+    # -- data -------------------------------------------------------------
+    def columns(self, rows: Rows, recipe) -> tuple[str, str]:
+        text = _pick(rows.columns, recipe.data.text_column, TEXT_COLUMNS, "data.text_column", rows.path)
+        label = _pick(rows.columns, recipe.data.label_column, LABEL_COLUMNS, "data.label_column", rows.path)
+        if text == label:
+            raise UserError(f"{rows.path}: text and label column are both {text!r}; set data.text_column / data.label_column")
+        return text, label
+
+    def extract(self, rows: Rows, recipe, need_label: bool = True) -> tuple[list[str], list[str | None]]:
+        text_col, label_col = self.columns(rows, recipe) if need_label else (
+            _pick(rows.columns, recipe.data.text_column, TEXT_COLUMNS, "data.text_column", rows.path), None)
+        texts, labels = [], []
+        for i, rec in enumerate(rows.records):
+            t = rec.get(text_col)
+            if not isinstance(t, str) or not t.strip():
+                raise UserError(f"{rows.where(i)}: {text_col!r} is missing or empty; every row needs text")
+            texts.append(t)
+            if label_col is not None:
+                lab = rec.get(label_col)
+                if lab is None or (isinstance(lab, str) and not lab.strip()):
+                    raise UserError(f"{rows.where(i)}: {label_col!r} is missing or empty; every row needs a label")
+                if isinstance(lab, (list, dict)):
+                    raise UserError(f"{rows.where(i)}: {label_col!r} must be one label, got {type(lab).__name__}")
+                labels.append(label_to_str(lab))
+        return texts, labels
+
+    def strata(self, rows: Rows, recipe) -> list[str]:
+        return self.extract(rows, recipe)[1]
+
+    def build_labels(self, train_labels: list[str]) -> list[str]:
+        labels = sorted(set(train_labels))
+        if len(labels) < 2:
+            raise UserError(f"data.train: only one label ({labels[0]!r}) in the training data; a classifier needs 2 or more")
+        return labels
+
+    def encode(self, rows: Rows, recipe, tokenizer, labels: list[str]) -> Encoded:
+        texts, raw = self.extract(rows, recipe)
+        index = {l: i for i, l in enumerate(labels)}
+        ids = []
+        for i, lab in enumerate(raw):
+            if lab not in index:
+                raise UserError(
+                    f"{rows.where(i)}: label {lab!r} does not occur in the training data (labels: {', '.join(labels)})"
+                )
+            ids.append(index[lab])
+        enc = tokenizer(texts, truncation=True, max_length=recipe.train.max_length)
+        return Encoded(enc["input_ids"], ids, [rows.where(i) for i in range(len(rows))], texts)
+
+    # -- model ------------------------------------------------------------
+    def load_model(self, path: str, recipe, tokenizer, labels: list[str], dtype=torch.float32):
+        from transformers import AutoModelForSequenceClassification
+
+        from ..models import load_config
+
+        config = load_config(
+            path, recipe.trust_remote_code, recipe.train.dropout,
+            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        )
+        if config.pad_token_id is None:
+            # decoders find the last real token through pad_token_id
+            config.pad_token_id = tokenizer.pad_token_id
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, trust_remote_code=recipe.trust_remote_code, dtype=dtype,
+            )
+        except ValueError as e:
+            raise UserError(f"model: {path!r} has no sequence-classification head in Transformers: {e}") from None
+        return model
+
+    # -- batches ----------------------------------------------------------
+    def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict:
+        ids, mask = pad_batch([data.input_ids[i] for i in idx], pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        return model(**batch).loss
+
+    # -- evaluation -------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, model, input_ids: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        out = torch.empty(len(input_ids), model.config.num_labels)
+        for idx in sorted_batches([len(x) for x in input_ids], batch_size):
+            ids, mask = pad_batch([input_ids[i] for i in idx], pad_id)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out[idx] = logits.float().cpu()
+        model.train(was_training)
+        return out
+
+    def evaluate(self, model, data: Encoded, labels: list[str], pad_id: int, batch_size: int, device) -> dict:
+        logits = self.logits(model, data.input_ids, pad_id, batch_size, device)
+        y = torch.tensor(data.labels)
+        pred = logits.argmax(-1)
+        m = classification_metrics(y.tolist(), pred.tolist(), labels)
+        m["loss"] = float(F.cross_entropy(logits, y))
+        return m
+
+    def majority(self, train_labels: list[int]) -> int:
+        return Counter(train_labels).most_common(1)[0][0]
+
+    def baseline(self, majority: int, data: Encoded, labels: list[str]) -> dict:
+        """The majority class of the training data, scored on the same rows."""
+        m = classification_metrics(data.labels, [majority] * len(data), labels)
+        m["kind"] = "majority_class"
+        m["predicts"] = labels[majority]
+        return m
+
+    @torch.no_grad()
+    def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        device = next(model.parameters()).device
+        probs = self.logits(model, enc, tokenizer.pad_token_id, batch_size, device).softmax(-1)
+        id2label = model.config.id2label
+        out = []
+        for p in probs:
+            k = int(p.argmax())
+            out.append({
+                "label": id2label[k],
+                "score": float(p[k]),
+                "scores": {id2label[i]: float(p[i]) for i in range(len(p))},
+            })
+        return out
+
+
+@dataclass
+class Prepared:
+    labels: list[str]
+    train: Encoded
+    validation: Encoded
+    test: Encoded
+
+
+def _prepare(self, splits, recipe, tokenizer) -> Prepared:
+    _, train_labels = self.extract(splits.train, recipe)
+    labels = self.build_labels(train_labels)
+    return Prepared(
+        labels,
+        self.encode(splits.train, recipe, tokenizer, labels),
+        self.encode(splits.validation, recipe, tokenizer, labels),
+        self.encode(splits.test, recipe, tokenizer, labels),
+    )
+
+
+ClassifyTask.prepare = _prepare
+
+
+def _load_trained(self, folder: str, trust_remote_code: bool = False):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
+ClassifyTask.load_trained = _load_trained

@@ -1,0 +1,173 @@
+"""The one training loop: AdamW, warm-up schedule, accumulation, clipping, precision,
+periodic evaluation, early stopping, best-checkpoint tracking and exact resume."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from .data.batching import epoch_batches
+from .errors import RunFailed
+from .runs import RunDir
+
+
+@dataclass
+class Plan:
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def make_plan(n_rows: int, tc) -> Plan:
+    micro = math.ceil(n_rows / tc.batch_size)
+    per_epoch = math.ceil(micro / tc.grad_accum)
+    total = tc.max_steps or max(1, math.ceil(tc.epochs * per_epoch))
+    return Plan(micro, per_epoch, total, int(round(tc.warmup_ratio * total)))
+
+
+def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            # biases and norm weights are not decayed (standard practice, as in HF Trainer)
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=tc.lr)
+
+
+def build_scheduler(optimizer, tc, plan: Plan):
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[tc.scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps)
+
+
+class Trainer:
+    def __init__(self, *, model, task, train_data, val_data, labels, recipe, run: RunDir, pad_id: int, accelerator):
+        self.model, self.task, self.train_data, self.val_data = model, task, train_data, val_data
+        self.labels, self.recipe, self.run, self.pad_id = labels, recipe, run, pad_id
+        self.acc = accelerator
+        self.tc = recipe.train
+        self.plan = make_plan(len(train_data), self.tc)
+        es = self.tc.early_stopping
+        self.watch = es.metric if es else task.default_metric
+        self.mode = es.resolved_mode() if es else ("min" if self.watch in ("loss", "perplexity") else "max")
+        self.optimizer = build_optimizer(model, self.tc)
+        self.scheduler = build_scheduler(self.optimizer, self.tc, self.plan)
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.eval_batch = self.tc.eval_batch_size or self.tc.batch_size * 2
+
+    # ------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        return self.task.evaluate(self.model, self.val_data, self.labels, self.pad_id, self.eval_batch, self.acc.device)
+
+    def _improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        delta = self.tc.early_stopping.min_delta if self.tc.early_stopping else 0.0
+        return value < best - delta if self.mode == "min" else value > best + delta
+
+    def run_loop(self, resume: bool = False) -> dict:
+        tc, plan, run = self.tc, self.plan, self.run
+        state = {"metric": self.watch, "step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
+                 "tokens": 0, "train_seconds": 0.0, "stopped_early": False}
+        if resume:
+            ckpt = find_checkpoint(run.last_ckpt)
+            if ckpt is not None:
+                state.update(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
+                run.truncate_metrics_after(state["step"])
+                print(f"Resuming from step {state['step']} of {plan.total_steps}.", flush=True)
+        tty = sys.stderr.isatty()
+        bar = tqdm(total=plan.total_steps, initial=state["step"], desc="train", unit="step", disable=not tty,
+                   dynamic_ncols=True)
+        lengths = self.train_data.lengths
+        self.model.train()
+        log_loss, log_n, log_tokens, log_t0 = 0.0, 0, 0, time.perf_counter()
+        done = state["step"] >= plan.total_steps
+        while not done:
+            batches = epoch_batches(lengths, tc.batch_size, tc.seed * 1000 + state["epoch"], tc.group_by_length)
+            n = len(batches)
+            for start in range(state["micro"], n, tc.grad_accum):
+                t0 = time.perf_counter()
+                end = min(start + tc.grad_accum, n)
+                step_loss = 0.0
+                for bi in range(start, end):
+                    batch = self.task.collate(self.train_data, batches[bi], self.pad_id)
+                    batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+                    with self.acc.autocast():
+                        loss = self.task.loss(self.model, batch)
+                    if not torch.isfinite(loss):
+                        raise RunFailed(
+                            f"training diverged: loss is {loss.item()} at step {state['step'] + 1}; "
+                            "lower train.lr, or set train.max_grad_norm"
+                        )
+                    self.acc.backward(loss / (end - start))
+                    step_loss += loss.item() / (end - start)
+                    state["tokens"] += int(batch["attention_mask"].sum())
+                    log_tokens += int(batch["attention_mask"].sum())
+                if tc.max_grad_norm:
+                    self.acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                state["micro"] = end
+                state["train_seconds"] += time.perf_counter() - t0
+                log_loss += step_loss
+                log_n += 1
+                step = state["step"]
+                epoch_done = end >= n
+                if epoch_done:
+                    state["epoch"] += 1
+                    state["micro"] = 0
+                epoch_f = round(step / plan.steps_per_epoch, 4)
+                lr = self.scheduler.get_last_lr()[0]
+                bar.update(1)
+                if step % tc.log_every == 0 or step == plan.total_steps:
+                    dt = time.perf_counter() - log_t0
+                    rec = {"type": "train", "step": step, "epoch": epoch_f, "loss": round(log_loss / log_n, 6),
+                           "lr": lr, "tokens_per_s": round(log_tokens / dt, 1) if dt > 0 else None}
+                    run.log_metrics(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}", tok_s=rec["tokens_per_s"])
+                    if not tty:
+                        print(f"step {step}/{plan.total_steps} epoch {epoch_f:.2f} loss {rec['loss']:.4f} "
+                              f"lr {lr:.2e} {rec['tokens_per_s']} tok/s", flush=True)
+                    log_loss, log_n, log_tokens, log_t0 = 0.0, 0, 0, time.perf_counter()
+                last = step >= plan.total_steps
+                do_eval = epoch_done or last or (tc.eval_every is not None and step % tc.eval_every == 0)
+                if do_eval:
+                    m = self.evaluate()
+                    value = m.get(self.watch)
+                    rec = {"type": "eval", "split": "validation", "step": step, "epoch": epoch_f,
+                           **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+                    run.log_metrics(rec)
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k in self.task.metric_names)
+                    tqdm.write(f"[eval step {step}] {shown}") if tty else print(f"[eval step {step}] {shown}", flush=True)
+                    if self._improved(value, state["best"]):
+                        state.update(best=value, best_step=step, bad_evals=0)
+                        save_weights(self.model, run.best_ckpt)
+                    else:
+                        state["bad_evals"] += 1
+                        es = tc.early_stopping
+                        if es and state["bad_evals"] >= es.patience:
+                            state["stopped_early"] = True
+                            print(f"Early stopping at step {step}: validation {self.watch} has not improved "
+                                  f"for {es.patience} evaluations (best {state['best']:.4f} at step "
+                                  f"{state['best_step']}).", flush=True)
+                            last = True
+                    self.model.train()
+                do_save = (step % tc.save_every == 0) if tc.save_every else do_eval
+                if do_save and not last:
+                    save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
+                if last:
+                    done = True
+                    break
+        bar.close()
+        return state
