@@ -37,10 +37,13 @@ def head_modules(model: nn.Module, task: str) -> list[str]:
     if task != "classify":
         return []
     found = []
-    for name, _ in model.named_modules():
+    for name, mod in model.named_modules():
         last = name.rsplit(".", 1)[-1]
-        if last in HEAD_NAMES and last not in found and name.count(".") <= 1:
-            found.append(last)
+        if last in HEAD_NAMES and name.count(".") <= 1:
+            # PEFT wraps leaf layers best: BERT's pooler is a module around one Linear.
+            key = f"{last}.dense" if isinstance(getattr(mod, "dense", None), nn.Linear) else last
+            if key not in found:
+                found.append(key)
     return found
 
 
@@ -85,7 +88,7 @@ def _freeze(model: nn.Module, recipe: Recipe) -> nn.Module:
         p.requires_grad_(False)
     for name in head_modules(model, recipe.task):
         for mod_name, mod in model.named_modules():
-            if mod_name.rsplit(".", 1)[-1] == name:
+            if mod_name == name or mod_name.endswith("." + name):
                 for p in mod.parameters():
                     p.requires_grad_(True)
     n = recipe.freeze.train_layers

@@ -179,7 +179,7 @@ def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, pr
           else f"Data: {len(prepared.train)} train rows; precision {precision} on {hardware.device_type()}", flush=True)
     run.update_manifest(parameters={"trainable": trainable, "total": total})
 
-    from .train import Trainer
+    from .loop import Trainer
 
     accelerator = _accelerator(precision)
     trainer = Trainer(model=model, task=task, train_data=prepared.train, val_data=prepared.validation,
