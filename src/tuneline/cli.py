@@ -68,9 +68,11 @@ def predict(
     loaded = load_run(run)
     for t, p in zip(texts, loaded.predict(texts)):
         if as_json:
-            print(json.dumps({"text": t, **p}, ensure_ascii=False))
-        else:
+            print(json.dumps({"input": t, **p} if "text" in p else {"text": t, **p}, ensure_ascii=False))
+        elif "label" in p:
             print(f"{p['label']}\t{p['score']:.3f}\t{t}")
+        else:
+            print(p["text"])
 
 
 def _read_inputs(path: Path) -> list[str]:
@@ -91,6 +93,42 @@ def _read_inputs(path: Path) -> list[str]:
             raise UserError(f"{rows.where(i)}: {col!r} is missing or empty")
         out.append(r[col])
     return out
+
+
+@app.command()
+def chat(
+    run: Path = typer.Argument(..., help="run folder of a generate task"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="answer length cap (default: the recipe's)"),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy (default: the recipe's)"),
+):
+    """Chat with a tuned model in the terminal. /reset clears the history, /exit (or Ctrl-D) quits."""
+    from .inference import load_run
+
+    loaded = load_run(run)
+    if loaded.info["task"] != "generate":
+        raise UserError(f"{run}: chat needs a run of task generate (this one is {loaded.info['task']})")
+    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature)) if v is not None}
+    history: list[dict] = []
+    print("Chatting with the tuned model. /reset clears the history, /exit quits.", flush=True)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history = []
+            print("(history cleared)")
+            continue
+        history.append({"role": "user", "content": text})
+        answer = loaded.generate(history, **options)
+        history.append({"role": "assistant", "content": answer})
+        print(f"bot> {answer}", flush=True)
 
 
 @models_app.command("list")

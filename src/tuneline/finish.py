@@ -55,11 +55,9 @@ def run_info(recipe, source, labels, merged: bool, majority: int | None) -> dict
     }
 
 
-def evaluate_split(task, model, tokenizer, prepared, data, recipe, device) -> dict:
-    bs = recipe.eval.batch_size or (recipe.train.eval_batch_size or recipe.train.batch_size * 2)
-    tuned = task.evaluate(model, data, prepared.labels, tokenizer.pad_token_id, bs, device)
-    baseline = task.baseline(task.majority(prepared.train.labels), data, prepared.labels)
-    return {"task": recipe.task, "labels": prepared.labels, "n": len(data), "tuned": tuned, "baseline": baseline}
+def evaluate_split(task, model, tokenizer, data, recipe, info: dict, device) -> dict:
+    scores = task.evaluate_test(model, tokenizer, data, recipe, info, device)
+    return {"task": recipe.task, "labels": info.get("labels"), "n": len(data), **scores}
 
 
 def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, state: dict, started: float):
@@ -73,11 +71,13 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
               f"{state['best']:.4f}).", flush=True)
     model.eval()
     final, merged = save_final_model(model, tokenizer, recipe, run)
-    atomic_write_json(run.info_file, run_info(recipe, source, prepared.labels, merged,
-                                                 task.majority(prepared.train.labels) if prepared.labels else None))
+    info = run_info(recipe, source, prepared.labels, merged,
+                    task.majority(prepared.train.labels) if prepared.labels else None)
+    atomic_write_json(run.info_file, info)
     device = next(final.parameters()).device
     t0 = time.time()
-    result = evaluate_split(task, final, tokenizer, prepared, prepared.test, recipe, device)
+    print(f"Evaluating on {len(prepared.test)} test rows ...", flush=True)
+    result = evaluate_split(task, final, tokenizer, prepared.test, recipe, info, device)
     result["split"] = "test"
     atomic_write_json(run.eval_file, result)
     eval_seconds = time.time() - t0

@@ -59,7 +59,21 @@ class LoadedRun:
     def predict(self, texts: list[str], batch_size: int = 32) -> list[dict]:
         if isinstance(texts, str):
             texts = [texts]
-        return self.task.predict(self.model, self.tokenizer, list(texts), self.max_length, batch_size)
+        return self.task.predict(self.model, self.tokenizer, list(texts), self.max_length, batch_size,
+                                 options=self.recipe.generate, system_prompt=self.recipe.generate.system_prompt)
+
+    def generate(self, messages: list[dict] | list[list[dict]], **options) -> str | list[str]:
+        """Answer a conversation (list of {role, content} ending with a user turn), or a list of them."""
+        if self.info["task"] != "generate":
+            raise UserError(f"{self.run.path}: generate() needs a run of task generate (this is {self.info['task']})")
+        single = bool(messages) and isinstance(messages[0], dict)
+        convs = [messages] if single else list(messages)
+        from .tasks.generate import with_system
+
+        convs = [with_system(c, self.recipe.generate.system_prompt) for c in convs]
+        opts = self.recipe.generate.model_copy(update=options)
+        answers = self.task.generate(self.model, self.tokenizer, convs, opts, max_length=self.max_length)
+        return answers[0] if single else answers
 
     def test_data_path(self) -> str:
         manifest = self.run.read_manifest()
@@ -68,18 +82,15 @@ class LoadedRun:
             return held["test"]
         return manifest["data"]["test"]["path"]
 
-    def evaluate(self, data: str | Path | None = None, batch_size: int = 64) -> dict:
+    def evaluate(self, data: str | Path | None = None) -> dict:
         path = Path(data) if data else Path(self.test_data_path())
         if data:
             path = resolve_data_path(str(data), None, "--data")
         rows = read_rows(path)
-        encoded = self.task.encode(rows, self.recipe, self.tokenizer, self.labels)
+        encoded = self.task.encode_rows(rows, self.recipe, self.tokenizer, self.labels)
         device = next(self.model.parameters()).device
-        tuned = self.task.evaluate(self.model, encoded, self.labels, self.tokenizer.pad_token_id, batch_size, device)
-        majority = self.labels.index(self.info["majority_label"])
-        baseline = self.task.baseline(majority, encoded, self.labels)
-        return {"task": self.info["task"], "labels": self.labels, "n": len(encoded), "split": str(path),
-                "tuned": tuned, "baseline": baseline}
+        scores = self.task.evaluate_test(self.model, self.tokenizer, encoded, self.recipe, self.info, device)
+        return {"task": self.info["task"], "labels": self.labels, "n": len(encoded), "split": str(path), **scores}
 
 
 def load_run(path: str | Path) -> LoadedRun:

@@ -97,12 +97,13 @@ def _freeze(model: nn.Module, recipe: Recipe) -> nn.Module:
         for block in list(blocks)[-n:]:
             for p in block.parameters():
                 p.requires_grad_(True)
-    if recipe.task == "generate":
-        # A decoder without a new head: train the final norm and output layer too.
-        out = model.get_output_embeddings()
-        if out is not None and n > 0:
-            for p in out.parameters():
-                p.requires_grad_(True)
+    if recipe.task == "generate" and n > 0:
+        # A decoder has no new head; train the final norm with the top blocks. The output layer
+        # stays frozen: it is often tied to the input embeddings, which would then move too.
+        for name, mod in model.named_modules():
+            if name.count(".") <= 1 and name.rsplit(".", 1)[-1] in ("norm", "final_layernorm", "ln_f", "final_layer_norm"):
+                for p in mod.parameters():
+                    p.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("freeze.train_layers: nothing left to train; set it to 1 or more")
     return model

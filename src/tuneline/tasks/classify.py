@@ -101,7 +101,13 @@ class ClassifyTask:
             raise UserError(f"data.train: only one label ({labels[0]!r}) in the training data; a classifier needs 2 or more")
         return labels
 
-    def encode(self, rows: Rows, recipe, tokenizer, labels: list[str]) -> Encoded:
+    def prepare(self, splits, recipe, tokenizer) -> "Prepared":
+        _, train_labels = self.extract(splits.train, recipe)
+        labels = self.build_labels(train_labels)
+        return Prepared(labels, *(self.encode_rows(getattr(splits, s), recipe, tokenizer, labels)
+                                  for s in ("train", "validation", "test")))
+
+    def encode_rows(self, rows: Rows, recipe, tokenizer, labels: list[str]) -> Encoded:
         texts, raw = self.extract(rows, recipe)
         index = {l: i for i, l in enumerate(labels)}
         ids = []
@@ -134,6 +140,11 @@ class ClassifyTask:
         except ValueError as e:
             raise UserError(f"model: {path!r} has no sequence-classification head in Transformers: {e}") from None
         return model
+
+    def load_trained(self, folder: str, trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
     # -- batches ----------------------------------------------------------
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict:
@@ -174,8 +185,16 @@ class ClassifyTask:
         m["predicts"] = labels[majority]
         return m
 
+    def evaluate_test(self, model, tokenizer, data: Encoded, recipe, info: dict, device) -> dict:
+        bs = recipe.eval.batch_size or recipe.train.eval_batch_size or recipe.train.batch_size * 2
+        labels = info["labels"]
+        tuned = self.evaluate(model, data, labels, tokenizer.pad_token_id, bs, device)
+        baseline = self.baseline(labels.index(info["majority_label"]), data, labels)
+        return {"tuned": tuned, "baseline": baseline}
+
     @torch.no_grad()
-    def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
+    def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32,
+                options=None, system_prompt=None) -> list[dict]:
         enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         device = next(model.parameters()).device
         probs = self.logits(model, enc, tokenizer.pad_token_id, batch_size, device).softmax(-1)
@@ -191,32 +210,10 @@ class ClassifyTask:
         return out
 
 
+
 @dataclass
 class Prepared:
     labels: list[str]
     train: Encoded
     validation: Encoded
     test: Encoded
-
-
-def _prepare(self, splits, recipe, tokenizer) -> Prepared:
-    _, train_labels = self.extract(splits.train, recipe)
-    labels = self.build_labels(train_labels)
-    return Prepared(
-        labels,
-        self.encode(splits.train, recipe, tokenizer, labels),
-        self.encode(splits.validation, recipe, tokenizer, labels),
-        self.encode(splits.test, recipe, tokenizer, labels),
-    )
-
-
-ClassifyTask.prepare = _prepare
-
-
-def _load_trained(self, folder: str, trust_remote_code: bool = False):
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
-
-
-ClassifyTask.load_trained = _load_trained

@@ -1,0 +1,110 @@
+"""Chat rows: detect the format, normalise to OpenAI-style messages, check each row.
+
+Formats: OpenAI `messages`, `prompt` + `completion`, Alpaca (`instruction`, `input`, `output`),
+ShareGPT (`conversations` with `from` / `value`).
+"""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .io import Rows
+
+FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "bot": "assistant", "model": "assistant"}
+
+# A plain template for models without one of their own (documented in README):
+#   <|system|>\n...\n<|user|>\n...\n<|assistant|>\n...<eos>\n
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def detect_format(rows: Rows) -> str:
+    cols = set(rows.columns)
+    if "messages" in cols:
+        return "messages"
+    if "conversations" in cols:
+        return "sharegpt"
+    if {"instruction", "output"} <= cols:
+        return "alpaca"
+    if {"prompt", "completion"} <= cols:
+        return "prompt_completion"
+    raise UserError(
+        f"{rows.path}: cannot tell the chat format from the columns ({', '.join(rows.columns)}); "
+        "use messages, prompt + completion, instruction + output (Alpaca) or conversations (ShareGPT), "
+        "or set data.format"
+    )
+
+
+def _text(value, where: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: {what} is missing or empty")
+    return value
+
+
+def to_messages(rec: dict, fmt: str, where: str, need_answer: bool = True) -> list[dict]:
+    if fmt == "messages":
+        msgs = rec.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise UserError(f"{where}: messages[{i}] must be an object with role and content")
+            role = m.get("role")
+            if role not in ROLES:
+                raise UserError(f"{where}: messages[{i}] has unknown role {role!r}; allowed: {', '.join(ROLES)}")
+            out.append({"role": role, "content": _text(m.get("content"), where, f"messages[{i}].content")})
+    elif fmt == "sharegpt":
+        conv = rec.get("conversations")
+        if not isinstance(conv, list) or not conv:
+            raise UserError(f"{where}: 'conversations' must be a non-empty list of {{from, value}}")
+        out = []
+        for i, m in enumerate(conv):
+            if not isinstance(m, dict):
+                raise UserError(f"{where}: conversations[{i}] must be an object with from and value")
+            role = SHAREGPT_ROLES.get(str(m.get("from", "")).lower())
+            if role is None:
+                raise UserError(f"{where}: conversations[{i}] has unknown 'from' {m.get('from')!r}; "
+                                f"allowed: {', '.join(sorted(SHAREGPT_ROLES))}")
+            out.append({"role": role, "content": _text(m.get("value"), where, f"conversations[{i}].value")})
+    elif fmt == "alpaca":
+        instruction = _text(rec.get("instruction"), where, "'instruction'")
+        extra = rec.get("input")
+        prompt = instruction if not (isinstance(extra, str) and extra.strip()) else f"{instruction}\n\n{extra}"
+        out = [{"role": "user", "content": prompt}]
+        if need_answer or rec.get("output") is not None:
+            out.append({"role": "assistant", "content": _text(rec.get("output"), where, "'output'")})
+    elif fmt == "prompt_completion":
+        out = [{"role": "user", "content": _text(rec.get("prompt"), where, "'prompt'")}]
+        if need_answer or rec.get("completion") is not None:
+            out.append({"role": "assistant", "content": _text(rec.get("completion"), where, "'completion'")})
+    else:  # pragma: no cover - schema forbids it
+        raise UserError(f"data.format: unknown {fmt!r}")
+    check_order(out, where, need_answer)
+    return out
+
+
+def check_order(msgs: list[dict], where: str, need_answer: bool = True) -> None:
+    """system? then user / assistant alternating, starting with user; ends with assistant (training)."""
+    i = 0
+    if msgs and msgs[0]["role"] == "system":
+        i = 1
+    expected = "user"
+    for j in range(i, len(msgs)):
+        role = msgs[j]["role"]
+        if role != expected:
+            raise UserError(f"{where}: turn {j + 1} is {role!r} but {expected!r} was expected "
+                            "(a system turn first, then user and assistant in turn)")
+        expected = "assistant" if expected == "user" else "user"
+    if need_answer:
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise UserError(f"{where}: no assistant turn; every training row needs an answer to learn")
+        if msgs[-1]["role"] != "assistant":
+            raise UserError(f"{where}: the last turn must be the assistant's answer")
+    elif msgs[-1]["role"] != "user" and msgs[-1]["role"] != "assistant":
+        raise UserError(f"{where}: nothing to answer")

@@ -1,0 +1,279 @@
+"""Task `generate`: chat / instruction tuning of a causal language model.
+
+Rows become token ids with the model's own chat template (or a plain documented one);
+only assistant tokens count in the loss. Evaluation: loss and perplexity on assistant
+tokens, and exact match / BLEU / chrF / ROUGE-L of generated answers, against the untuned
+base model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data.batching import pad_batch, sorted_batches
+from ..data.chat import PLAIN_TEMPLATE, detect_format, to_messages
+from ..data.io import Rows
+from ..errors import UserError
+from ..evaluate.text_metrics import text_metrics
+
+IGNORE = -100
+
+
+@dataclass
+class ChatEncoded:
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    where: list[str]
+    prompts: list[list[dict]]       # the conversation up to the last answer (for generation)
+    references: list[str]           # the last assistant answer
+    truncated: int = 0
+    dropped: int = 0
+    dropped_where: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+
+@dataclass
+class Prepared:
+    labels: None
+    train: ChatEncoded
+    validation: ChatEncoded
+    test: ChatEncoded
+
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Use the model's own template; give a plain one to models without. True if we added it."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = PLAIN_TEMPLATE
+    return True
+
+
+def _render(tokenizer, msgs: list[dict], gen: bool) -> str:
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+
+def with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and msgs[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}] + msgs
+    return msgs
+
+
+def encode_conversation(tokenizer, msgs: list[dict], loss_on: str) -> tuple[list[int], list[int], int]:
+    """Token ids and labels (IGNORE outside assistant answers). Returns (ids, labels, start of last answer).
+
+    The text is rendered turn by turn: for each assistant turn the prompt part is the template
+    with a generation prompt, the answer part what the full render adds after it (the answer
+    and the end-of-turn token, so the model learns to stop). Masking follows these spans, not
+    token ids: SmolLM2's pad token is its end-of-turn token, and masking by id would drop it.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    prev = ""
+    last_start = 0
+    answers = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    for i in answers:
+        prompt = _render(tokenizer, msgs[:i], gen=True)
+        full = _render(tokenizer, msgs[: i + 1], gen=False)
+        if not prompt.startswith(prev) or not full.startswith(prompt):
+            raise UserError("model: its chat template does not render conversations turn by turn "
+                            "(a prefix changes when a turn is added); set a simpler template")
+        p_ids = tokenizer(prompt[len(prev):], add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        ids += p_ids
+        labels += [IGNORE] * len(p_ids)
+        last_start = len(ids)
+        train_this = loss_on == "all_assistant" or i == answers[-1]
+        ids += a_ids
+        labels += a_ids if train_this else [IGNORE] * len(a_ids)
+        prev = full
+    return ids, labels, last_start
+
+
+def fit_length(ids, labels, last_start, max_length: int):
+    """Cut from the left of the history so the final answer stays; if the answer alone is too
+    long, keep a little context and the answer's beginning."""
+    if len(ids) <= max_length:
+        return ids, labels
+    answer_len = len(ids) - last_start
+    if answer_len <= max_length - 8:
+        return ids[-max_length:], labels[-max_length:]
+    keep_ctx = min(last_start, max_length // 4)
+    start = last_start - keep_ctx
+    return ids[start:start + max_length], labels[start:start + max_length]
+
+
+class GenerateTask:
+    name = "generate"
+    default_metric = "loss"
+    metric_names = ("loss", "perplexity")
+
+    def strata(self, rows: Rows, recipe):
+        return None
+
+    # -- data -------------------------------------------------------------
+    def conversations(self, rows: Rows, recipe) -> list[list[dict]]:
+        fmt = recipe.data.format if recipe.data.format != "auto" else detect_format(rows)
+        return [with_system(to_messages(rec, fmt, rows.where(i)), recipe.generate.system_prompt)
+                for i, rec in enumerate(rows.records)]
+
+    def encode_rows(self, rows: Rows, recipe, tokenizer, labels=None) -> ChatEncoded:
+        ensure_chat_template(tokenizer)
+        g, max_len = recipe.generate, recipe.train.max_length
+        out = ChatEncoded([], [], [], [], [])
+        for i, msgs in enumerate(self.conversations(rows, recipe)):
+            ids, labs, last_start = encode_conversation(tokenizer, msgs, g.loss_on)
+            if len(ids) > max_len:
+                if g.truncation == "drop":
+                    out.dropped += 1
+                    out.dropped_where.append(rows.where(i))
+                    continue
+                ids, labs = fit_length(ids, labs, last_start, max_len)
+                out.truncated += 1
+            if all(l == IGNORE for l in labs):
+                out.dropped += 1
+                out.dropped_where.append(rows.where(i))
+                continue
+            out.input_ids.append(ids)
+            out.labels.append(labs)
+            out.where.append(rows.where(i))
+            out.prompts.append(msgs[:-1])
+            out.references.append(msgs[-1]["content"])
+        if not out.input_ids:
+            raise UserError(f"{rows.path}: no row fits train.max_length={max_len}; raise it or use "
+                            "generate.truncation: left")
+        return out
+
+    def prepare(self, splits, recipe, tokenizer) -> Prepared:
+        p = Prepared(None, *(self.encode_rows(getattr(splits, s), recipe, tokenizer)
+                             for s in ("train", "validation", "test")))
+        for name in ("train", "validation", "test"):
+            e = getattr(p, name)
+            if e.truncated or e.dropped:
+                how = "cut from the left" if recipe.generate.truncation == "left" else "dropped"
+                print(f"{name}: {e.truncated + e.dropped} rows longer than train.max_length="
+                      f"{recipe.train.max_length} were {how}"
+                      + (f" (e.g. {e.dropped_where[0]})" if e.dropped_where else ""), flush=True)
+        return p
+
+    # -- model ------------------------------------------------------------
+    def load_model(self, path: str, recipe, tokenizer, labels=None, dtype=torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        from ..models import load_config
+
+        config = load_config(path, recipe.trust_remote_code, recipe.train.dropout)
+        if config.pad_token_id is None:
+            config.pad_token_id = tokenizer.pad_token_id
+        try:
+            return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
+                                                        trust_remote_code=recipe.trust_remote_code)
+        except ValueError as e:
+            raise UserError(f"model: {path!r} is not a causal language model: {e}") from None
+
+    def load_trained(self, folder: str, trust_remote_code: bool = False):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+    # -- batches ----------------------------------------------------------
+    def collate(self, data: ChatEncoded, idx: list[int], pad_id: int) -> dict:
+        ids, mask = pad_batch([data.input_ids[i] for i in idx], pad_id)
+        labels, _ = pad_batch([data.labels[i] for i in idx], IGNORE)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        return model(**batch).loss
+
+    # -- evaluation -------------------------------------------------------
+    @torch.no_grad()
+    def token_loss(self, model, data: ChatEncoded, pad_id: int, batch_size: int, device) -> float:
+        """Mean cross-entropy per assistant token (the same tokens the training loss counts)."""
+        was = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for idx in sorted_batches(data.lengths, batch_size):
+            b = self.collate(data, idx, pad_id)
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            logits = logits[:, -b["input_ids"].shape[1]:]  # prompt tuning prepends virtual tokens
+            shift_logits = logits[:, :-1].float()
+            shift_labels = b["labels"][:, 1:].to(device)
+            total += float(torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                ignore_index=IGNORE, reduction="sum"))
+            count += int((shift_labels != IGNORE).sum())
+        model.train(was)
+        return total / max(count, 1)
+
+    def evaluate(self, model, data: ChatEncoded, labels, pad_id: int, batch_size: int, device) -> dict:
+        loss = self.token_loss(model, data, pad_id, batch_size, device)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50))}
+
+    @torch.no_grad()
+    def generate(self, model, tokenizer, conversations: list[list[dict]], options, batch_size: int = 8,
+                 max_length: int | None = None) -> list[str]:
+        """Answers for conversations that end with a user turn: batched, left-padded, KV-cached."""
+        ensure_chat_template(tokenizer)
+        device = next(model.parameters()).device
+        prompts = [tokenizer(_render(tokenizer, c, gen=True), add_special_tokens=False)["input_ids"]
+                   for c in conversations]
+        if max_length:
+            prompts = [p[-max_length:] for p in prompts]
+        was = model.training
+        model.eval()
+        out: list[str | None] = [None] * len(prompts)
+        eos = {tokenizer.eos_token_id}
+        gen_cfg = getattr(model, "generation_config", None)
+        if gen_cfg is not None and gen_cfg.eos_token_id is not None:
+            eos |= set(gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id])
+        eos.discard(None)
+        sample = options.temperature > 0
+        for idx in sorted_batches([len(p) for p in prompts], batch_size):
+            ids, mask = pad_batch([prompts[i] for i in idx], tokenizer.pad_token_id, side="left")
+            kwargs = dict(max_new_tokens=options.max_new_tokens, do_sample=sample, eos_token_id=sorted(eos),
+                          pad_token_id=tokenizer.pad_token_id)
+            if sample:
+                kwargs.update(temperature=options.temperature, top_p=options.top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            for row, i in enumerate(idx):
+                out[i] = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True).strip()
+        model.train(was)
+        return out
+
+    def _score(self, model, tokenizer, data: ChatEncoded, recipe, device, n_gen: int) -> tuple[dict, list[str]]:
+        bs = recipe.eval.batch_size or recipe.train.eval_batch_size or recipe.train.batch_size
+        m = self.evaluate(model, data, None, tokenizer.pad_token_id, bs, device)
+        preds = self.generate(model, tokenizer, data.prompts[:n_gen], recipe.generate, batch_size=bs,
+                              max_length=recipe.train.max_length)
+        m.update(text_metrics(preds, data.references[:n_gen]))
+        m["generated"] = n_gen
+        return m, preds
+
+    def evaluate_test(self, model, tokenizer, data: ChatEncoded, recipe, info: dict, device) -> dict:
+        n_gen = min(len(data), recipe.eval.max_samples or 200)
+        tuned, tuned_preds = self._score(model, tokenizer, data, recipe, device, n_gen)
+        base_model = self.load_model(info["base_model_path"], recipe, tokenizer).to(device)
+        baseline, base_preds = self._score(base_model, tokenizer, data, recipe, device, n_gen)
+        baseline["kind"] = "base_model"
+        del base_model
+        samples = [{"prompt": data.prompts[i][-1]["content"], "reference": data.references[i],
+                    "tuned": tuned_preds[i], "baseline": base_preds[i]} for i in range(min(5, n_gen))]
+        tuned["samples"] = samples
+        baseline["samples"] = samples
+        return {"tuned": tuned, "baseline": baseline}
+
+    def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8,
+                options=None, system_prompt: str | None = None) -> list[dict]:
+        convs = [with_system([{"role": "user", "content": t}], system_prompt) for t in texts]
+        answers = self.generate(model, tokenizer, convs, options, batch_size, max_length)
+        return [{"text": a} for a in answers]

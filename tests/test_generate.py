@@ -1,0 +1,158 @@
+"""The generate task: chat formats, the loss mask on a real template, truncation, methods, CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import tuneline
+from tuneline.data.chat import to_messages
+from tuneline.data.io import read_rows
+from tuneline.errors import UserError
+from tuneline.tasks.generate import IGNORE, encode_conversation, fit_length
+
+from conftest import write_jsonl, write_recipe
+
+CONV = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Where is my order?"},
+    {"role": "assistant", "content": "It ships tomorrow."},
+    {"role": "user", "content": "Thanks! And returns?"},
+    {"role": "assistant", "content": "Within 30 days."},
+]
+
+
+def test_formats_normalise_to_messages():
+    want = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert to_messages({"messages": want}, "messages", "f:1") == want
+    assert to_messages({"prompt": "Hi", "completion": "Hello"}, "prompt_completion", "f:1") == want
+    assert to_messages({"instruction": "Hi", "input": "", "output": "Hello"}, "alpaca", "f:1") == want
+    assert to_messages({"instruction": "Sum", "input": "1+1", "output": "2"}, "alpaca", "f:1")[0]["content"] == "Sum\n\n1+1"
+    share = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
+    assert to_messages(share, "sharegpt", "f:1") == want
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "no assistant turn"),
+    ({"messages": [{"role": "robot", "content": "Hi"}]}, "unknown role 'robot'"),
+    ({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "x"}]}, "empty"),
+    ({"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}, "turn 1"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                   {"role": "user", "content": "c"}]}, "last turn"),
+    ({"conversations": [{"from": "alien", "value": "Hi"}]}, "unknown 'from'"),
+])
+def test_bad_rows_name_file_and_line(tmp_path, row, message, tiny_llama):
+    fmt = "sharegpt" if "conversations" in row else "messages"
+    good = {"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "fine"}]}
+    if fmt == "sharegpt":
+        good = {"conversations": [{"from": "human", "value": "ok"}, {"from": "gpt", "value": "fine"}]}
+    path = write_jsonl(tmp_path / "chats.jsonl", [good, good, row])
+    rows = read_rows(path)
+    with pytest.raises(UserError) as e:
+        for i, rec in enumerate(rows.records):
+            to_messages(rec, fmt, rows.where(i))
+    assert f"chats.jsonl:3" in str(e.value) and message in str(e.value)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from tuneline.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model("smollm2-135m-instruct").path)
+
+
+def test_mask_on_real_smollm2_template(smol_tokenizer):
+    tok = smol_tokenizer
+    ids, labels, last = encode_conversation(tok, CONV, "all_assistant")
+    assert len(ids) == len(labels)
+    # the whole rendered conversation is what the template renders
+    assert tok.decode(ids) == tok.apply_chat_template(CONV, tokenize=False)
+    trained = tok.decode([i for i, l in zip(ids, labels) if l != IGNORE])
+    assert trained == "It ships tomorrow.<|im_end|>\nWithin 30 days.<|im_end|>\n"
+    # the end-of-turn token (also SmolLM2's pad token) is learned: the model must learn to stop
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end == tok.pad_token_id and im_end in [l for l in labels if l != IGNORE]
+    # nothing of the prompts (system, user turns, role headers) is trained
+    prompt = tok.decode([i for i, l in zip(ids, labels) if l == IGNORE])
+    assert "Where is my order?" in prompt and "It ships" not in prompt and "Within 30" not in prompt
+    assert tok.decode(ids[last:]) == "Within 30 days.<|im_end|>\n"
+    _, last_only, _ = encode_conversation(tok, CONV, "last_assistant")
+    assert tok.decode([i for i, l in zip(ids, last_only) if l != IGNORE]) == "Within 30 days.<|im_end|>\n"
+
+
+def test_truncation_keeps_final_answer():
+    ids = list(range(100))
+    labels = [IGNORE] * 90 + list(range(90, 100))
+    cut_ids, cut_labels = fit_length(ids, labels, 90, 32)
+    assert len(cut_ids) == 32 and cut_ids[-10:] == list(range(90, 100)) and cut_labels[-10:] == list(range(90, 100))
+    # an answer longer than the limit keeps some context and the answer's beginning
+    labels2 = [IGNORE] * 10 + list(range(10, 100))
+    c2, l2 = fit_length(ids, labels2, 10, 32)
+    assert len(c2) == 32 and c2[0] == 2 and l2[8] == 10
+
+
+CHATS = [
+    {"messages": [{"role": "user", "content": f"what is the code for {w}"},
+                  {"role": "assistant", "content": f"the code for {w} is {c}"}]}
+    for w, c in [("apple", "red"), ("banana", "yellow"), ("grass", "green"), ("sky", "blue"), ("coal", "black"),
+                 ("snow", "white"), ("plum", "purple"), ("orange", "orange"), ("lemon", "yellow"), ("rose", "red")] * 3
+]
+
+
+@pytest.fixture
+def gen_recipe(tmp_path, tiny_llama):
+    write_jsonl(tmp_path / "train.jsonl", CHATS[:24])
+    write_jsonl(tmp_path / "test.jsonl", CHATS[24:])
+
+    def make(method="lora", **train):
+        t = {"epochs": 2, "lr": 5e-3, "batch_size": 4, "max_length": 64, "log_every": 2}
+        t.update(train)
+        return write_recipe(tmp_path / f"gen-{method}.yaml", task="generate", model=str(tiny_llama), method=method,
+                            data={"train": "train.jsonl", "test": "test.jsonl"}, train=t,
+                            generate={"max_new_tokens": 8}, output=str(tmp_path / f"gen-{method}"))
+
+    return make
+
+
+@pytest.mark.parametrize("method", ["full", "freeze", "lora", "dora", "ia3", "prompt"])
+def test_generate_methods_train_and_evaluate(method, gen_recipe):
+    result = tuneline.train(gen_recipe(method))
+    ev = result.eval
+    assert ev["task"] == "generate"
+    keys = {"loss", "perplexity", "exact_match", "bleu", "chrf", "rougeL", "samples"}
+    assert keys <= set(ev["tuned"]) and keys <= set(ev["baseline"])
+    assert ev["baseline"]["kind"] == "base_model"
+    assert len(ev["tuned"]["samples"]) == 5 and {"prompt", "reference", "tuned", "baseline"} <= set(ev["tuned"]["samples"][0])
+    if method == "full":
+        assert ev["tuned"]["loss"] < ev["baseline"]["loss"]
+    run = tuneline.load_run(result.path)
+    out = run.predict(["what is the code for snow"])
+    assert isinstance(out[0]["text"], str)
+    assert isinstance(run.generate([{"role": "user", "content": "what is the code for sky"}]), str)
+
+
+def test_generate_lora_targets_llama(gen_recipe):
+    result = tuneline.train(gen_recipe("lora", epochs=1))
+    cfg = json.loads((result.path / "adapter" / "adapter_config.json").read_text())
+    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_too_long_rows_cut_or_dropped_and_reported(gen_recipe, capsys):
+    # every row is longer than 16 tokens: dropping them all is an error that says what to do
+    with pytest.raises(UserError, match="max_length"):
+        tuneline.train(gen_recipe("lora", epochs=1, max_length=16), overrides=["generate.truncation=drop"])
+    result = tuneline.train(gen_recipe("lora", epochs=1, max_length=16), overrides=["generate.truncation=left"],
+                            overwrite=True)
+    out = capsys.readouterr().out
+    assert "train: 21 rows longer than train.max_length=16 were cut from the left" in out
+    assert result.eval["n"] == 6
+
+
+def test_chat_cli(gen_recipe):
+    result = tuneline.train(gen_recipe("full", epochs=1))
+    proc = subprocess.run([sys.executable, "-m", "tuneline.cli", "chat", str(result.path), "--max-new-tokens", "4"],
+                          input="what is the code for sky\n/reset\nhello\n/exit\n", capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("bot>") == 2 and "(history cleared)" in proc.stdout

@@ -1,0 +1,20 @@
+from tuneline import hardware
+
+
+def test_auto_precision_is_fp32_without_bf16_units(monkeypatch):
+    hardware.cpu_flags.cache_clear()
+    monkeypatch.setattr(hardware, "device_type", lambda: "cpu")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert hardware.resolve_precision("auto") == "fp32"
+    # AVX512-BF16 alone is not enough: measured no faster than fp32 for training
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert hardware.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    assert hardware.resolve_precision("auto") == "bf16"
+    assert hardware.resolve_precision("fp32") == "fp32"
+
+
+def test_real_cpu_flags_read():
+    hardware.cpu_flags.cache_clear()
+    flags = hardware.cpu_flags()
+    assert isinstance(flags, frozenset)

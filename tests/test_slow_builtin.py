@@ -1,0 +1,41 @@
+"""End to end with the real built-in models (minutes). Marked slow; `make test` runs them."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tuneline
+from tuneline.inference import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+REVIEWS = ROOT / "examples" / "reviews" / "recipe.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method,overrides", [
+    ("full", []),
+    ("lora", ["method=lora", "train.lr=1e-3", "lora.r=16", "lora.alpha=32"]),
+])
+def test_minilm_on_sample_reviews(method, overrides, tmp_path):
+    result = tuneline.train(REVIEWS, overrides=overrides, output=tmp_path / method)
+    ev = result.eval
+    assert ev["tuned"]["accuracy"] >= 0.7, ev["tuned"]
+    assert ev["tuned"]["accuracy"] > ev["baseline"]["accuracy"] + 0.25
+    run = load_run(result.path)
+    preds = run.predict(["Absolutely love it, works perfectly and arrived early.",
+                         "Broke after two days and support never answered. Returning it."])
+    assert [p["label"] for p in preds] == ["positive", "negative"]
+
+
+def test_smollm2_gguf_loads_and_trains_a_classifier(tmp_path):
+    result = tuneline.train(REVIEWS, output=tmp_path / "smol", overrides=[
+        "model=smollm2-135m-instruct", "method=lora", "train.max_steps=6", "train.batch_size=4",
+        "train.max_length=48", "train.lr=5e-4", "data.max_rows=60", "eval.batch_size=16",
+    ])
+    info = json.loads((result.path / "tuneline.json").read_text())
+    assert info["merged"] and info["labels"] == ["negative", "neutral", "positive"]
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(str(result.path / "model")).model_type == "llama"
