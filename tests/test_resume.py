@@ -79,3 +79,14 @@ def test_divergence_marks_run_failed(tiny_recipe, tmp_path):
     m = json.loads((run / "run.json").read_text())
     assert m["status"] == "failed" and "diverged" in m["error"]
     assert not (run / "eval.json").exists() and not (run / "tuneline.json").exists()
+
+
+def test_overwrite_with_bad_data_keeps_old_run(tiny_recipe, tmp_path):
+    recipe = tiny_recipe("full", epochs=1)
+    run = tuneline.train(recipe).path
+    before = (run / "eval.json").read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x", "label": "a"}\n{"text": \n')
+    with pytest.raises(tuneline.UserError, match=r"bad\.jsonl:2"):
+        tuneline.train(recipe, overwrite=True, overrides=[f"data.train={bad}"])
+    assert (run / "eval.json").read_text() == before

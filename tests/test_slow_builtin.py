@@ -39,3 +39,21 @@ def test_smollm2_gguf_loads_and_trains_a_classifier(tmp_path):
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(str(result.path / "model")).model_type == "llama"
+
+
+SUPPORT = ROOT / "examples" / "support" / "recipe.yaml"
+
+
+def test_smollm2_lora_support_chats(tmp_path):
+    result = tuneline.train(SUPPORT, output=tmp_path / "support", overrides=[
+        "train.max_steps=12", "train.eval_every=6", "data.max_rows=120", "eval.max_samples=6",
+        "generate.max_new_tokens=32", "train.max_length=256",
+    ])
+    ev = result.eval
+    keys = {"loss", "perplexity", "exact_match", "bleu", "chrf", "rougeL", "samples"}
+    assert keys <= set(ev["tuned"]) and keys <= set(ev["baseline"])
+    # a dozen LoRA steps on consistent shop policy already lower the answer loss
+    assert ev["tuned"]["loss"] < ev["baseline"]["loss"]
+    run = load_run(result.path)
+    answer = run.generate([{"role": "user", "content": "How long do refunds take?"}], max_new_tokens=24)
+    assert isinstance(answer, str) and answer

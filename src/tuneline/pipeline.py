@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from . import hardware
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
@@ -84,7 +85,7 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         if resume:
             if not run.exists():
                 raise UserError(f"{out}: not a run folder (run.json missing); nothing to resume")
-            saved = recipe_from_dict(__import__("yaml").safe_load(run.recipe.read_text()), str(run.recipe))
+            saved = recipe_from_dict(yaml.safe_load(run.recipe.read_text()), str(run.recipe))
             diff = _recipe_diff(saved, recipe)
             if diff:
                 raise UserError(f"--resume: the recipe differs from the run's ({', '.join(diff)}); "
@@ -92,9 +93,7 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
             if run.read_manifest().get("status") == "completed":
                 print(f"{out} is already complete; nothing to resume.")
                 return RunResult.load(out)
-        elif overwrite:
-            shutil.rmtree(run.path)
-        else:
+        elif not overwrite:
             raise UserError(f"{out}: run folder already exists; use --resume to continue it, --overwrite to "
                             f"replace it, or set output to a new folder")
     elif resume:
@@ -116,6 +115,9 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
             raise UserError(f"--resume: data changed since the run started ({', '.join(changed)}); start a new run")
 
     prepared = task.prepare(splits, recipe, tokenizer)
+    if overwrite and not resume and run.path.exists():
+        # only now, with recipe, model and data checked: a bad input never costs the old run
+        shutil.rmtree(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if not resume:
@@ -174,9 +176,10 @@ def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, pr
     trainable, total = count_parameters(model)
     print(f"Model {recipe.model} ({source.kind}), method {recipe.method}: trainable parameters "
           f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)", flush=True)
+    where = (f"{torch.get_num_threads()} CPU threads" if hardware.device_type() == "cpu"
+             else hardware.describe()["cuda_device"])
     print(f"Data: {len(prepared.train)} train, {len(prepared.validation)} validation, {len(prepared.test)} test rows; "
-          f"precision {precision}, {torch.get_num_threads()} CPU threads" if hardware.device_type() == "cpu"
-          else f"Data: {len(prepared.train)} train rows; precision {precision} on {hardware.device_type()}", flush=True)
+          f"precision {precision} on {where}", flush=True)
     run.update_manifest(parameters={"trainable": trainable, "total": total})
 
     from .loop import Trainer
