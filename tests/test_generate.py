@@ -156,3 +156,17 @@ def test_chat_cli(gen_recipe):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("bot>") == 2 and "(history cleared)" in proc.stdout
+
+
+def test_gguf_file_and_alias_share_one_conversion(smol_tokenizer):
+    from tuneline.models import CATALOG, _module_dir, resolve_model
+
+    entry = CATALOG["smollm2-135m-instruct"]
+    by_alias = resolve_model("smollm2-135m-instruct")
+    by_file = resolve_model(str(_module_dir(entry) / entry.gguf))
+    assert by_alias.path == by_file.path and by_file.kind == "gguf"
+    from safetensors import safe_open
+
+    with safe_open(str(__import__("pathlib").Path(by_alias.path) / "model.safetensors"), "pt") as f:
+        assert any("layers.29" in k for k in f.keys())  # all 30 blocks, dequantized
+    assert smol_tokenizer.chat_template and smol_tokenizer.pad_token == "<|im_end|>"

