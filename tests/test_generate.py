@@ -170,3 +170,18 @@ def test_gguf_file_and_alias_share_one_conversion(smol_tokenizer):
     with safe_open(str(__import__("pathlib").Path(by_alias.path) / "model.safetensors"), "pt") as f:
         assert any("layers.29" in k for k in f.keys())  # all 30 blocks, dequantized
     assert smol_tokenizer.chat_template and smol_tokenizer.pad_token == "<|im_end|>"
+
+
+def test_any_table_as_prompt_and_answer_columns(tmp_path, tiny_llama):
+    rows = [{"review": f"text {i}", "stars": i % 5} for i in range(30)]
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    recipe = write_recipe(tmp_path / "r.yaml", task="generate", model=str(tiny_llama), method="lora",
+                          data={"train": "t.jsonl", "text_column": "review", "label_column": "stars"},
+                          train={"max_steps": 2, "batch_size": 4}, generate={"max_new_tokens": 3},
+                          output=str(tmp_path / "run"))
+    result = tuneline.train(recipe)
+    assert result.eval["tuned"]["samples"][0]["reference"] in {"0", "1", "2", "3", "4"}
+    bad = write_recipe(tmp_path / "bad.yaml", task="generate", model=str(tiny_llama),
+                       data={"train": "t.jsonl", "text_column": "review", "label_column": "nope"})
+    with pytest.raises(UserError, match="'nope'"):
+        tuneline.train(bad)

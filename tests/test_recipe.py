@@ -10,6 +10,9 @@ def test_defaults_and_types():
     r = recipe_from_dict(BASE)
     assert r.method == "full" and r.train.scheduler == "linear" and r.train.precision == "auto"
     assert r.data.validation is None and r.lora.target_modules is None
+    assert r.train.lr == 5e-5
+    assert recipe_from_dict({**BASE, "method": "lora"}).train.lr == 5e-4
+    assert recipe_from_dict({**BASE, "method": "lora", "train": {"lr": 1e-3}}).train.lr == 1e-3
 
 
 def test_unknown_key_names_key_and_allowed(tmp_path):

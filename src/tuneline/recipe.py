@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
 
@@ -44,7 +44,8 @@ class EarlyStoppingConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: float = Field(3.0, gt=0)
     max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    lr: float = Field(5e-5, gt=0)
+    lr: Optional[float] = Field(None, gt=0, description="default by method: full 5e-5, freeze 1e-4, "
+                                "lora/dora 5e-4, ia3 3e-3, prompt 3e-2")
     batch_size: int = Field(16, ge=1)
     eval_batch_size: Optional[int] = Field(None, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -98,6 +99,9 @@ class EvalOptions(_Strict):
     max_samples: Optional[int] = Field(None, ge=1, description="cap on test rows evaluated (generation is slow)")
 
 
+DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}
+
+
 class Recipe(_Strict):
     task: Literal["classify", "generate"]
     model: str = Field(description="catalog alias, local folder, hub id or .gguf file")
@@ -112,6 +116,14 @@ class Recipe(_Strict):
     eval: EvalOptions = EvalOptions()
     output: Optional[str] = Field(None, description="run folder; default runs/<recipe name>")
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _default_lr(self) -> "Recipe":
+        # Adapters need far larger steps than full tuning; one default for all would leave
+        # LoRA or prompt tuning barely moving. Values as in the PEFT examples.
+        if self.train.lr is None:
+            self.train.lr = DEFAULT_LR[self.method]
+        return self
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

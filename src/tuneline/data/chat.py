@@ -23,8 +23,14 @@ PLAIN_TEMPLATE = (
 )
 
 
-def detect_format(rows: Rows) -> str:
+def detect_format(rows: Rows, prompt_col: str | None = None, completion_col: str | None = None) -> str:
     cols = set(rows.columns)
+    if prompt_col and completion_col:
+        missing = [c for c in (prompt_col, completion_col) if c not in cols]
+        if missing:
+            raise UserError(f"{rows.path}: column {missing[0]!r} (data.text_column / data.label_column) is not in "
+                            f"the file (columns: {', '.join(rows.columns)})")
+        return "prompt_completion"
     if "messages" in cols:
         return "messages"
     if "conversations" in cols:
@@ -46,7 +52,8 @@ def _text(value, where: str, what: str) -> str:
     return value
 
 
-def to_messages(rec: dict, fmt: str, where: str, need_answer: bool = True) -> list[dict]:
+def to_messages(rec: dict, fmt: str, where: str, need_answer: bool = True,
+                columns: tuple[str, str] = ("prompt", "completion")) -> list[dict]:
     if fmt == "messages":
         msgs = rec.get("messages")
         if not isinstance(msgs, list) or not msgs:
@@ -80,9 +87,13 @@ def to_messages(rec: dict, fmt: str, where: str, need_answer: bool = True) -> li
         if need_answer or rec.get("output") is not None:
             out.append({"role": "assistant", "content": _text(rec.get("output"), where, "'output'")})
     elif fmt == "prompt_completion":
-        out = [{"role": "user", "content": _text(rec.get("prompt"), where, "'prompt'")}]
-        if need_answer or rec.get("completion") is not None:
-            out.append({"role": "assistant", "content": _text(rec.get("completion"), where, "'completion'")})
+        pcol, ccol = columns
+        out = [{"role": "user", "content": _text(rec.get(pcol), where, f"{pcol!r}")}]
+        answer = rec.get(ccol)
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)  # a label or number as the answer
+        if need_answer or answer is not None:
+            out.append({"role": "assistant", "content": _text(answer, where, f"{ccol!r}")})
     else:  # pragma: no cover - schema forbids it
         raise UserError(f"data.format: unknown {fmt!r}")
     check_order(out, where, need_answer)

@@ -121,8 +121,11 @@ class GenerateTask:
 
     # -- data -------------------------------------------------------------
     def conversations(self, rows: Rows, recipe) -> list[list[dict]]:
-        fmt = recipe.data.format if recipe.data.format != "auto" else detect_format(rows)
-        return [with_system(to_messages(rec, fmt, rows.where(i)), recipe.generate.system_prompt)
+        # data.text_column / data.label_column name the prompt and answer columns of any table
+        d = recipe.data
+        fmt = d.format if d.format != "auto" else detect_format(rows, d.text_column, d.label_column)
+        cols = (d.text_column or "prompt", d.label_column or "completion")
+        return [with_system(to_messages(rec, fmt, rows.where(i), columns=cols), recipe.generate.system_prompt)
                 for i, rec in enumerate(rows.records)]
 
     def encode_rows(self, rows: Rows, recipe, tokenizer, labels=None) -> ChatEncoded:
