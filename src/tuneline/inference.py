@@ -79,7 +79,7 @@ class LoadedRun:
         manifest = self.run.read_manifest()
         held = manifest.get("held_out", {})
         if "test" in held:
-            return held["test"]
+            return str(self.run.path / held["test"])
         return manifest["data"]["test"]["path"]
 
     def evaluate(self, data: str | Path | None = None) -> dict:

@@ -87,8 +87,10 @@ class Trainer:
             ckpt = find_checkpoint(run.last_ckpt)
             if ckpt is not None:
                 state.update(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
-                run.truncate_metrics_after(state["step"])
                 print(f"Resuming from step {state['step']} of {plan.total_steps}.", flush=True)
+            else:
+                print("No checkpoint to resume from yet: starting from step 0.", flush=True)
+            run.truncate_metrics_after(state["step"])
         tty = sys.stderr.isatty()
         bar = tqdm(total=plan.total_steps, initial=state["step"], desc="train", unit="step", disable=not tty,
                    dynamic_ncols=True)

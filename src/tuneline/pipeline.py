@@ -120,14 +120,16 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         shutil.rmtree(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    if not resume:
+    if resume:
+        started = run.read_manifest().get("started", started)
+    else:
         atomic_write_text(run.recipe, recipe_to_yaml(recipe))
         for split_name in splits.held_out:
             write_jsonl(run.splits / f"{split_name}.jsonl", getattr(splits, split_name).records)
     run.update_manifest(
         status="running", task=recipe.task, method=recipe.method, model=recipe.model,
         model_path=source.path, precision=precision, started=started, data=hashes,
-        held_out={k: str(run.splits / f"{k}.jsonl") for k in splits.held_out},
+        held_out={k: f"data/{k}.jsonl" for k in splits.held_out},  # relative to the run folder
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
         versions=package_versions(), hardware=hardware.describe(), error=None,
     )
