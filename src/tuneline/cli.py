@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune a pretrained language model for one task: train, evaluate, predict.")
 models_app = typer.Typer(no_args_is_help=True, help="The built-in model catalog.")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Check task data before training.")
+app.add_typer(data_app, name="data")
 
 
 @app.command()
@@ -26,11 +28,62 @@ def train(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="run folder (default: recipe's output or runs/<name>)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+    force: bool = typer.Option(False, "--force", help="train even when the data audit finds errors"),
 ):
     """Fine-tune a model as the recipe says; ends with test metrics next to the baseline."""
     from .pipeline import train as run_train
 
-    run_train(recipe, overrides=set_, output=output, resume=resume, overwrite=overwrite)
+    run_train(recipe, overrides=set_, output=output, resume=resume, overwrite=overwrite, force=force)
+
+
+@data_app.command("check")
+def data_check(
+    train_file: Path = typer.Argument(..., help="training rows (.jsonl .csv .tsv .parquet or datasets folder)"),
+    validation: Optional[Path] = typer.Option(None, "--validation", help="validation rows"),
+    test: Optional[Path] = typer.Option(None, "--test", help="test rows"),
+    task: Optional[str] = typer.Option(None, "--task", help="classify | generate (default: from the columns)"),
+    model: Optional[str] = typer.Option(None, "--model", help="tokenizer for the too_long check (alias, folder, hub id)"),
+    max_length: int = typer.Option(128, "--max-length", help="token limit for the too_long check"),
+    text_column: Optional[str] = typer.Option(None, "--text-column"),
+    label_column: Optional[str] = typer.Option(None, "--label-column"),
+    no_label_noise: bool = typer.Option(False, "--no-label-noise", help="skip the cross-validated label check"),
+    fix: Optional[Path] = typer.Option(None, "--fix", help="write cleaned copies and dropped.jsonl into this folder"),
+    as_json: bool = typer.Option(False, "--json", help="print {rows, findings} as JSON"),
+):
+    """Audit task data: invalid rows, duplicates, leakage, imbalance, length, PII, label noise... Exit 2 on errors."""
+    from .data.audit import audit, format_table
+    from .data.io import read_rows
+
+    paths = {"train": train_file}
+    if validation:
+        paths["validation"] = validation
+    if test:
+        paths["test"] = test
+    splits = {name: read_rows(p, lenient=True) for name, p in paths.items()}
+    if task is None:
+        cols = set(splits["train"].columns)
+        task = "generate" if cols & {"messages", "conversations", "completion", "output"} else "classify"
+    if task not in ("classify", "generate"):
+        raise UserError(f"--task: {task!r}; allowed: classify, generate")
+    tokenizer = None
+    if model:
+        from .models import load_tokenizer, resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(model).path)
+    result = audit(splits, task, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
+                   max_length=max_length, label_noise=not no_label_noise)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        print(format_table(result))
+    if fix is not None:
+        from .data.fix import write_fixed
+
+        written = write_fixed(paths, result, fix)
+        print(("" if as_json else "\n") + "Cleaned copies: " + ", ".join(
+            f"{v['file']} ({v['kept']} kept, {v['dropped']} dropped)" for v in written.values()), file=sys.stderr)
+    if result.errors:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -173,7 +226,9 @@ def _quiet_libraries() -> None:
 def main() -> None:
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)  # typer.Exit(code) comes back as a return value without standalone mode
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -185,6 +240,8 @@ def main() -> None:
         sys.exit(2)
     except click.exceptions.ClickException as e:
         e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
         print("\ninterrupted", file=sys.stderr)

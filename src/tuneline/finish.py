@@ -57,7 +57,8 @@ def run_info(recipe, source, labels, merged: bool, majority: int | None) -> dict
 
 def evaluate_split(task, model, tokenizer, data, recipe, info: dict, device) -> dict:
     scores = task.evaluate_test(model, tokenizer, data, recipe, info, device)
-    return {"task": recipe.task, "labels": info.get("labels"), "n": len(data), **scores}
+    n = scores["tuned"].get("generated", len(data))
+    return {"task": recipe.task, "labels": info.get("labels"), "n": n, **scores}
 
 
 def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, state: dict, started: float):

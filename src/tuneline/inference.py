@@ -90,7 +90,8 @@ class LoadedRun:
         encoded = self.task.encode_rows(rows, self.recipe, self.tokenizer, self.labels)
         device = next(self.model.parameters()).device
         scores = self.task.evaluate_test(self.model, self.tokenizer, encoded, self.recipe, self.info, device)
-        return {"task": self.info["task"], "labels": self.labels, "n": len(encoded), "split": str(path), **scores}
+        n = scores["tuned"].get("generated", len(encoded))
+        return {"task": self.info["task"], "labels": self.labels, "n": n, "split": str(path), **scores}
 
 
 def load_run(path: str | Path) -> LoadedRun:

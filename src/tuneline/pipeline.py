@@ -69,7 +69,8 @@ def _accelerator(precision: str):
 
 
 def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None,
-          resume: bool = False, overwrite: bool = False, base_dir: Path | None = None) -> "RunResult":
+          resume: bool = False, overwrite: bool = False, base_dir: Path | None = None,
+          force: bool = False) -> "RunResult":
     """Run a recipe end to end; returns the run's results. Raises UserError for bad input."""
     name = "run"
     if isinstance(recipe, (str, Path)):
@@ -114,12 +115,14 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         if changed:
             raise UserError(f"--resume: data changed since the run started ({', '.join(changed)}); start a new run")
 
+    audit_result = run_audit(recipe, splits, tokenizer, force)
     prepared = task.prepare(splits, recipe, tokenizer)
     if overwrite and not resume and run.path.exists():
         # only now, with recipe, model and data checked: a bad input never costs the old run
         shutil.rmtree(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    atomic_write_json(run.path / "audit.json", audit_result.as_dict())
     if resume:
         started = run.read_manifest().get("started", started)
     else:
@@ -148,6 +151,23 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         if isinstance(e, RunFailed):
             raise
         raise RunFailed(f"run failed: {type(e).__name__}: {e} (details in {run.manifest})") from e
+    return result
+
+
+def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
+    """The same audit as `tuneline data check`, before any training time is spent."""
+    from .data.audit import audit, format_table
+
+    t0 = time.time()
+    d = recipe.data
+    result = audit({"train": splits.train, "validation": splits.validation, "test": splits.test}, recipe.task,
+                   text_column=d.text_column, label_column=d.label_column, fmt=d.format, tokenizer=tokenizer,
+                   max_length=recipe.train.max_length)
+    print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; details in the run's audit.json)", flush=True)
+    if result.errors and not force:
+        names = ", ".join(sorted({f.check for f in result.errors}))
+        raise UserError(f"the data audit found errors ({names}); fix the data (`tuneline data check FILE --fix DIR` "
+                        "writes cleaned copies) or train anyway with --force")
     return result
 
 

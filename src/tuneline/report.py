@@ -101,6 +101,19 @@ def write_report(run: RunDir, manifest: dict, result: dict) -> None:
             parts.append(f"<tr><td>{html.escape(lab)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
                          f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>")
         parts.append("</table>")
+    audit_file = run.path / "audit.json"
+    if audit_file.exists():
+        findings = json.loads(audit_file.read_text()).get("findings", [])
+        parts.append("<h2>Data audit</h2>")
+        if not findings:
+            parts.append("<p>No findings.</p>")
+        else:
+            parts.append("<table><tr><th>severity</th><th>check</th><th>count</th><th>what</th><th>first lines</th></tr>")
+            for f in findings:
+                lines = ", ".join(f"{e.get('file', '').rsplit('/', 1)[-1]}:{e['line']}" for e in f["examples"][:3] if e.get("line"))
+                parts.append(f"<tr><td>{f['severity']}</td><td>{html.escape(f['check'])}</td><td>{f['count']}</td>"
+                             f"<td>{html.escape(f['message'])}</td><td>{html.escape(lines)}</td></tr>")
+            parts.append("</table>")
     img = loss_plot(run.read_metrics())
     if img:
         parts.append(f"<h2>Loss</h2><img alt='loss curves' src='data:image/png;base64,{img}'>")

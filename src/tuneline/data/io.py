@@ -23,6 +23,9 @@ class Rows:
     records: list[dict[str, Any]]
     lines: list[int]
     columns: list[str] = field(default_factory=list)
+    # lenient reads (the data audit) collect what strict reads reject: (line, reason)
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+    bad_utf8: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -45,7 +48,9 @@ def resolve_data_path(value: str, base_dir: Path | None, key: str) -> Path:
     raise UserError(f"{key}: data file {value!r} not found (looked at {tried})")
 
 
-def read_rows(path: str | Path) -> Rows:
+def read_rows(path: str | Path, lenient: bool = False) -> Rows:
+    """Strict (training): the first bad line is a UserError. Lenient (audit): bad lines are
+    collected in `invalid` / `bad_utf8` and reading goes on."""
     path = Path(path)
     if path.is_dir():
         return _read_datasets_folder(path)
@@ -53,14 +58,14 @@ def read_rows(path: str | Path) -> Rows:
         raise UserError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = _read_jsonl(path)
+        rows = _read_jsonl_lenient(path) if lenient else _read_jsonl(path)
     elif suffix in (".csv", ".tsv"):
         rows = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
     elif suffix == ".parquet":
         rows = _read_parquet(path)
     else:
         raise UserError(f"{path}: unknown data format {suffix!r}; use .jsonl, .csv, .tsv, .parquet or a datasets folder")
-    if not rows.records:
+    if not rows.records and not (lenient and rows.invalid):
         raise UserError(f"{path}: no rows")
     return rows
 
@@ -85,6 +90,34 @@ def _read_jsonl(path: Path) -> Rows:
         except UnicodeDecodeError as e:
             raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
     return Rows(str(path), records, lines, list(cols))
+
+
+def _read_jsonl_lenient(path: Path) -> Rows:
+    records, lines, cols, invalid, bad_utf8 = [], [], {}, [], []
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                bad_utf8.append(n)
+                line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                invalid.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
+                continue
+            if not isinstance(obj, dict):
+                invalid.append((n, f"a JSON {type(obj).__name__}, not an object"))
+                continue
+            records.append(obj)
+            lines.append(n)
+            for k in obj:
+                cols.setdefault(k, None)
+    return Rows(str(path), records, lines, list(cols), invalid, bad_utf8)
 
 
 def _read_csv(path: Path, delimiter: str) -> Rows:

@@ -40,6 +40,10 @@ class ChatEncoded:
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
+    def head(self, n: int) -> "ChatEncoded":
+        return ChatEncoded(self.input_ids[:n], self.labels[:n], self.where[:n], self.prompts[:n],
+                           self.references[:n], self.truncated, self.dropped, self.dropped_where)
+
 
 @dataclass
 class Prepared:
@@ -162,7 +166,8 @@ class GenerateTask:
             e = getattr(p, name)
             if e.truncated or e.dropped:
                 how = "cut from the left" if recipe.generate.truncation == "left" else "dropped"
-                print(f"{name}: {e.truncated + e.dropped} rows longer than train.max_length="
+                n = e.truncated + e.dropped
+                print(f"{name}: {n} {'row' if n == 1 else 'rows'} longer than train.max_length="
                       f"{recipe.train.max_length} were {how}"
                       + (f" (e.g. {e.dropped_where[0]})" if e.dropped_where else ""), flush=True)
         return p
@@ -263,7 +268,10 @@ class GenerateTask:
         return m, preds
 
     def evaluate_test(self, model, tokenizer, data: ChatEncoded, recipe, info: dict, device) -> dict:
+        # On a CPU the base model's pass costs as much as the tuned one's: both score the same
+        # first eval.max_samples rows (default 200), loss and generations alike.
         n_gen = min(len(data), recipe.eval.max_samples or 200)
+        data = data.head(n_gen)
         tuned, tuned_preds = self._score(model, tokenizer, data, recipe, device, n_gen)
         base_model = self.load_model(info["base_model_path"], recipe, tokenizer).to(device)
         baseline, base_preds = self._score(base_model, tokenizer, data, recipe, device, n_gen)
