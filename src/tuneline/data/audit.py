@@ -280,6 +280,10 @@ PII_PATTERNS = {
 }
 
 
+# Visa, Mastercard (51-55, 2221-2720), Amex, Discover, JCB, Diners
+CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)|3[47]|6011|65|35|30[0-5]|36|38)")
+
+
 def _luhn(digits: str) -> bool:
     total, alt = 0, False
     for ch in reversed(digits):
@@ -302,8 +306,8 @@ def find_pii(text: str) -> list[tuple[str, str]]:
         for m in rx.finditer(text):
             v = m.group()
             digits = re.sub(r"\D", "", v)
-            if kind == "card_number" and not (13 <= len(digits) <= 19 and _luhn(digits)):
-                continue
+            if kind == "card_number" and not (13 <= len(digits) <= 19 and _luhn(digits) and CARD_PREFIX.match(digits)):
+                continue  # long order numbers pass Luhn one time in ten: require a card network prefix too
             if kind == "phone" and (len(digits) < 9 or len(digits) > 15 or any(v in f for _, f in found)):
                 continue
             found.append((kind, v))
