@@ -52,7 +52,7 @@ def test_bad_rows_name_file_and_line(tmp_path, row, message, tiny_llama):
     with pytest.raises(UserError) as e:
         for i, rec in enumerate(rows.records):
             to_messages(rec, fmt, rows.where(i))
-    assert f"chats.jsonl:3" in str(e.value) and message in str(e.value)
+    assert "chats.jsonl:3" in str(e.value) and message in str(e.value)
 
 
 @pytest.fixture(scope="session")

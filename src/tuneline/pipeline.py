@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -17,10 +15,10 @@ from . import hardware
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
 from .data.split import split_rows
 from .errors import RunFailed, UserError
-from .methods import PEFT_METHODS, apply_method, count_parameters
+from .methods import apply_method, count_parameters
 from .models import resolve_model, load_tokenizer
 from .recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
-from .runs import RunDir, atomic_write_json, atomic_write_text, package_versions, replace_dir
+from .runs import RunDir, atomic_write_json, atomic_write_text, package_versions
 from .tasks import get_task
 
 
