@@ -125,3 +125,26 @@ def test_integer_labels_map_to_strings(tmp_path, tiny_bert):
     run = tuneline.train(recipe).path
     assert json.loads((run / "tuneline.json").read_text())["labels"] == ["0", "1"]
     assert load_run(run).model.config.id2label == {0: "0", 1: "1"}
+
+
+def test_unusual_column_names_are_guessed(tmp_path):
+    from tuneline.data.io import read_rows
+    from tuneline.recipe import recipe_from_dict
+    from tuneline.tasks.classify import ClassifyTask
+
+    from conftest import synthetic_rows, write_jsonl
+
+    rows = [{"id": i, "review_body": r["text"], "stars": r["label"]} for i, r in enumerate(synthetic_rows(60, 3))]
+    path = write_jsonl(tmp_path / "odd.jsonl", rows)
+    recipe = recipe_from_dict({"task": "classify", "model": "minilm-l6", "data": {"train": str(path)}})
+    assert ClassifyTask().columns(read_rows(path), recipe) == ("review_body", "stars")
+
+
+def test_training_with_guessed_columns(tmp_path, tiny_bert):
+    from conftest import synthetic_rows, write_jsonl, write_recipe
+
+    rows = [{"id": i, "review_body": r["text"], "stars": r["label"]} for i, r in enumerate(synthetic_rows(60, 3))]
+    write_jsonl(tmp_path / "odd.jsonl", rows)
+    recipe = write_recipe(tmp_path / "r.yaml", task="classify", model=str(tiny_bert), data={"train": "odd.jsonl"},
+                          train={"max_steps": 2}, output=str(tmp_path / "run"))
+    assert tuneline.train(recipe).eval["labels"] == ["negative", "neutral", "positive"]

@@ -70,15 +70,17 @@ def normalise(text: str) -> str:
 # -- reading rows into items -------------------------------------------------
 
 def _classify_items(rows: Rows, split: str, text_col: str | None, label_col: str | None, out: Findings) -> list[Item]:
-    from ..tasks.classify import LABEL_COLUMNS, TEXT_COLUMNS, label_to_str
+    from ..tasks.classify import LABEL_COLUMNS, TEXT_COLUMNS, guess_columns, label_to_str
 
-    def pick(wanted, candidates):
+    guess = guess_columns(rows)
+
+    def pick(wanted, candidates, guessed):
         if wanted:
             return wanted if wanted in rows.columns else None
         lower = {c.lower(): c for c in rows.columns}
-        return next((lower[c] for c in candidates if c in lower), None)
+        return next((lower[c] for c in candidates if c in lower), guessed)
 
-    tcol, lcol = pick(text_col, TEXT_COLUMNS), pick(label_col, LABEL_COLUMNS)
+    tcol, lcol = pick(text_col, TEXT_COLUMNS, guess[0]), pick(label_col, LABEL_COLUMNS, guess[1])
     if tcol is None or lcol is None:
         missing = "text" if tcol is None else "label"
         raise UserError(f"{rows.path}: cannot tell which column is the {missing} (columns: {', '.join(rows.columns)}); "

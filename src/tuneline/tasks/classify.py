@@ -53,6 +53,31 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], k
     )
 
 
+def _known(rows: Rows, candidates: tuple[str, ...]) -> bool:
+    return any(c.lower() in candidates for c in rows.columns)
+
+
+def guess_columns(rows: Rows, sample: int = 2000) -> tuple[str | None, str | None]:
+    """For unusual column names: the text is the string column with the longest values, the
+    label a column with few distinct values. Used only when no usual name matches."""
+    recs = rows.records[:sample]
+    stats = {}
+    for c in rows.columns:
+        vals = [r.get(c) for r in recs if r.get(c) is not None]
+        if not vals:
+            continue
+        strings = [v for v in vals if isinstance(v, str)]
+        mean_len = sum(len(v) for v in strings) / len(strings) if strings else 0
+        distinct = len({str(v) for v in vals if not isinstance(v, (list, dict))})
+        stats[c] = (mean_len, distinct, len(strings) == len(vals))
+    texts = sorted((c for c, (m, _, all_str) in stats.items() if all_str and m > 0), key=lambda c: -stats[c][0])
+    text = texts[0] if texts else None
+    n = len(recs)
+    labels = [c for c, (_, k, _) in stats.items() if c != text and 2 <= k <= max(2, min(100, n // 2))]
+    label = min(labels, key=lambda c: stats[c][1]) if labels else None
+    return text, label
+
+
 def label_to_str(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -68,8 +93,12 @@ class ClassifyTask:
 
     # -- data -------------------------------------------------------------
     def columns(self, rows: Rows, recipe) -> tuple[str, str]:
-        text = _pick(rows.columns, recipe.data.text_column, TEXT_COLUMNS, "data.text_column", rows.path)
-        label = _pick(rows.columns, recipe.data.label_column, LABEL_COLUMNS, "data.label_column", rows.path)
+        guess_text, guess_label = guess_columns(rows)
+        d = recipe.data
+        text = _pick(rows.columns, d.text_column or (None if _known(rows, TEXT_COLUMNS) else guess_text),
+                     TEXT_COLUMNS, "data.text_column", rows.path)
+        label = _pick(rows.columns, d.label_column or (None if _known(rows, LABEL_COLUMNS) else guess_label),
+                      LABEL_COLUMNS, "data.label_column", rows.path)
         if text == label:
             raise UserError(f"{rows.path}: text and label column are both {text!r}; set data.text_column / data.label_column")
         return text, label
