@@ -185,3 +185,42 @@ def test_any_table_as_prompt_and_answer_columns(tmp_path, tiny_llama):
                        data={"train": "t.jsonl", "text_column": "review", "label_column": "nope"})
     with pytest.raises(UserError, match="'nope'"):
         tuneline.train(bad)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dora", "ia3"])
+def test_head_only_where_labelled_equals_full_loss(method, tiny_llama, tmp_path):
+    """The loss computed from the decoder + output layer at labelled positions only equals
+    Transformers' own loss over full logits (the mean over the same tokens)."""
+    import torch
+
+    from tuneline.methods import apply_method
+    from tuneline.recipe import recipe_from_dict
+    from tuneline.tasks.generate import GenerateTask, _body_and_head
+
+    recipe = recipe_from_dict({"task": "generate", "model": str(tiny_llama), "method": method,
+                               "data": {"train": "x.jsonl"}})
+    task = GenerateTask()
+    from tuneline.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_llama))
+    torch.manual_seed(0)
+    model = apply_method(task.load_model(str(tiny_llama), recipe, tok), recipe)
+    if method in ("lora", "dora"):  # make the adapters non-trivial
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+    model.eval()
+    assert _body_and_head(model) is not None
+    ids = torch.randint(5, 1000, (3, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[2, 9:] = -100
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    ours = task.loss(model, batch)
+    theirs = model(**batch).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    ours.backward()
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)

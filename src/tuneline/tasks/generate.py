@@ -115,6 +115,27 @@ def fit_length(ids, labels, last_start, max_length: int):
     return ids[start:start + max_length], labels[start:start + max_length]
 
 
+# Architectures whose causal-LM forward is exactly lm_head(decoder(x)) (no logit scaling or capping).
+PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def _body_and_head(model):
+    """(decoder, output layer) of a plain causal LM, through PEFT wrappers that inject in place;
+    None where the model's own forward must run (prompt tuning, other architectures)."""
+    base = model
+    if hasattr(model, "peft_config"):
+        cfg = next(iter(model.peft_config.values()))
+        if getattr(cfg, "is_prompt_learning", False):
+            return None
+        base = model.get_base_model()
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    try:
+        return base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
 class GenerateTask:
     name = "generate"
     default_metric = "loss"
@@ -199,7 +220,17 @@ class GenerateTask:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-        return model(**batch).loss
+        parts = _body_and_head(model)
+        if parts is None:
+            return model(**batch).loss
+        body, head = parts
+        # The output layer only where the loss counts: full-vocabulary logits for every
+        # position (prompts included) are most of the activation memory of a small model.
+        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        logits = head(hidden[:, :-1][keep]).float()
+        return torch.nn.functional.cross_entropy(logits, labels[keep])
 
     # -- evaluation -------------------------------------------------------
     @torch.no_grad()
@@ -209,15 +240,19 @@ class GenerateTask:
         model.eval()
         total, count = 0.0, 0
         for idx in sorted_batches(data.lengths, batch_size):
-            b = self.collate(data, idx, pad_id)
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            logits = logits[:, -b["input_ids"].shape[1]:]  # prompt tuning prepends virtual tokens
-            shift_logits = logits[:, :-1].float()
-            shift_labels = b["labels"][:, 1:].to(device)
-            total += float(torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                ignore_index=IGNORE, reduction="sum"))
-            count += int((shift_labels != IGNORE).sum())
+            b = {k: v.to(device) for k, v in self.collate(data, idx, pad_id).items()}
+            shift_labels = b["labels"][:, 1:]
+            keep = shift_labels != IGNORE
+            parts = _body_and_head(model)
+            if parts is not None:  # logits only where the loss counts (see loss())
+                hidden = parts[0](input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+                logits = parts[1](hidden[:, :-1][keep]).float()
+            else:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                logits = logits[:, -b["input_ids"].shape[1]:]  # prompt tuning prepends virtual tokens
+                logits = logits[:, :-1][keep].float()
+            total += float(torch.nn.functional.cross_entropy(logits, shift_labels[keep], reduction="sum"))
+            count += int(keep.sum())
         model.train(was)
         return total / max(count, 1)
 
