@@ -1,0 +1,5 @@
+"""`python -m tuneline` = the `tuneline` command."""
+
+from .cli import main
+
+main()
