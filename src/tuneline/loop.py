@@ -54,8 +54,23 @@ def build_scheduler(optimizer, tc, plan: Plan):
     return get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps)
 
 
+class Callback:
+    """Hooks into the loop (trackers, search pruners, alarms). Override what you need.
+    `on_evaluate` may raise to stop the run (e.g. a pruned search trial); the loop does not catch it."""
+
+    def on_train_start(self, trainer: "Trainer", state: dict) -> None: ...
+
+    def on_log(self, trainer: "Trainer", record: dict) -> None: ...
+
+    def on_evaluate(self, trainer: "Trainer", record: dict) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", state: dict) -> None: ...
+
+
 class Trainer:
-    def __init__(self, *, model, task, train_data, val_data, labels, recipe, run: RunDir, pad_id: int, accelerator):
+    def __init__(self, *, model, task, train_data, val_data, labels, recipe, run: RunDir, pad_id: int, accelerator,
+                 callbacks: list[Callback] | None = None):
+        self.callbacks = list(callbacks or [])
         self.model, self.task, self.train_data, self.val_data = model, task, train_data, val_data
         self.labels, self.recipe, self.run, self.pad_id = labels, recipe, run, pad_id
         self.acc = accelerator
@@ -96,6 +111,8 @@ class Trainer:
                    dynamic_ncols=True)
         lengths = self.train_data.lengths
         self.model.train()
+        for cb in self.callbacks:
+            cb.on_train_start(self, state)
         log_loss, log_n, log_tokens, log_t0 = 0.0, 0, 0, time.perf_counter()
         done = state["step"] >= plan.total_steps
         while not done:
@@ -142,6 +159,8 @@ class Trainer:
                     rec = {"type": "train", "step": step, "epoch": epoch_f, "loss": round(log_loss / log_n, 6),
                            "lr": lr, "tokens_per_s": round(log_tokens / dt, 1) if dt > 0 else None}
                     run.log_metrics(rec)
+                    for cb in self.callbacks:
+                        cb.on_log(self, rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}", tok_s=rec["tokens_per_s"])
                     if not tty:
                         print(f"step {step}/{plan.total_steps} epoch {epoch_f:.2f} loss {rec['loss']:.4f} "
@@ -155,6 +174,8 @@ class Trainer:
                     rec = {"type": "eval", "split": "validation", "step": step, "epoch": epoch_f,
                            **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
                     run.log_metrics(rec)
+                    for cb in self.callbacks:
+                        cb.on_evaluate(self, rec)
                     shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k in self.task.metric_names)
                     tqdm.write(f"[eval step {step}] {shown}") if tty else print(f"[eval step {step}] {shown}", flush=True)
                     if self._improved(value, state["best"]):
@@ -177,4 +198,6 @@ class Trainer:
                     done = True
                     break
         bar.close()
+        for cb in self.callbacks:
+            cb.on_train_end(self, state)
         return state

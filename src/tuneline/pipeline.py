@@ -68,7 +68,7 @@ def _accelerator(precision: str):
 
 def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, base_dir: Path | None = None,
-          force: bool = False) -> "RunResult":
+          force: bool = False, callbacks: list | None = None) -> "RunResult":
     """Run a recipe end to end; returns the run's results. Raises UserError for bad input."""
     name = "run"
     if isinstance(recipe, (str, Path)):
@@ -135,7 +135,8 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         versions=package_versions(), hardware=hardware.describe(), error=None,
     )
     try:
-        result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started)
+        result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started,
+                                   callbacks)
     except KeyboardInterrupt:
         run.update_manifest(status="interrupted", ended=time.time(),
                             error="interrupted; continue with --resume")
@@ -184,7 +185,8 @@ def _recipe_diff(a: Recipe, b: Recipe) -> list[str]:
     return [k for k in out if k != "output"]
 
 
-def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, precision, resume, started):
+def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, precision, resume, started,
+                      callbacks=None):
     from transformers import set_seed
 
     from .finish import finish_run
@@ -207,7 +209,7 @@ def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, pr
     accelerator = _accelerator(precision)
     trainer = Trainer(model=model, task=task, train_data=prepared.train, val_data=prepared.validation,
                       labels=prepared.labels, recipe=recipe, run=run, pad_id=tokenizer.pad_token_id,
-                      accelerator=accelerator)
+                      accelerator=accelerator, callbacks=callbacks)
     print(f"Training {trainer.plan.total_steps} steps ({trainer.plan.steps_per_epoch} per epoch) -> {run.path}",
           flush=True)
     state = trainer.run_loop(resume=resume)
