@@ -184,6 +184,37 @@ def chat(
         print(f"bot> {answer}", flush=True)
 
 
+@app.command()
+def report(run: Path = typer.Argument(..., help="run folder")):
+    """Rebuild a run's report.html and MODEL_CARD.md from the files in its folder."""
+    from .model_card import write_model_card
+    from .report import write_report
+    from .runs import RunDir
+
+    r = RunDir(run)
+    if not r.manifest.exists():
+        raise UserError(f"{run}: not a run folder (run.json missing)")
+    write_report(r)
+    write_model_card(r)
+    print(f"Report:     {r.report}\nModel card: {r.path / 'MODEL_CARD.md'}")
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="two or more run folders"),
+    out: Path = typer.Option(Path("compare.html"), "--out", "-o", help="comparison HTML file"),
+):
+    """Recipes and metrics of several runs side by side; also written as HTML."""
+    from .compare import comparison, text_table, write_html
+
+    if len(runs) < 2:
+        raise UserError("compare: give two or more run folders")
+    names, rows = comparison(runs)
+    print(text_table(names, rows))
+    write_html(names, rows, out)
+    print(f"\nComparison: {out}")
+
+
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json")):
     """Built-in models that work offline."""

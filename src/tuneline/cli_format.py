@@ -34,4 +34,30 @@ def metrics_table(result: dict) -> str:
     if per_class:
         lines.append("\nPer class (tuned): " + ", ".join(
             f"{lab} F1 {v['f1']:.3f} (n={v['support']})" for lab, v in per_class.items()))
+    lines += extra_lines(result)
     return "\n".join(lines)
+
+
+def extra_lines(result: dict) -> list[str]:
+    """One line each for the zero-shot baseline, calibration, forgetting, slices and counterfactuals."""
+    out = []
+    zs = result.get("zero_shot")
+    if zs:
+        out.append(f"Zero-shot base model: accuracy {zs['accuracy']:.4f}, macro_f1 {zs['macro_f1']:.4f} "
+                   f"({zs.get('unparseable', 0)} unparseable answers)")
+    cal = result.get("tuned", {}).get("calibration")
+    if cal:
+        out.append(f"Calibration: ECE {cal['ece']:.4f}")
+    f = result.get("forgetting") or {}
+    if f.get("measured"):
+        out.append(f"Forgetting: general-text perplexity {f['base_perplexity']:.2f} -> {f['tuned_perplexity']:.2f} "
+                   f"({100 * f['relative_change']:+.1f} %)")
+    for s in result.get("slices") or []:
+        if s.get("gap") is not None:
+            out.append(f"Slices by {s['column']}: {s['metric']} gap {s['gap']:.4f} "
+                       f"(best {s['best']}, worst {s['worst']})")
+    c = result.get("counterfactuals")
+    if c and c.get("rows_with_terms"):
+        out.append(f"Counterfactuals: {c['flips']} of {c['rows_with_terms']} predictions changed "
+                   f"when group terms were swapped ({100 * c['flip_rate']:.1f} %)")
+    return ["", *out] if out else []

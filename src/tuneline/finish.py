@@ -55,13 +55,18 @@ def run_info(recipe, source, labels, merged: bool, majority: int | None) -> dict
     }
 
 
-def evaluate_split(task, model, tokenizer, data, recipe, info: dict, device) -> dict:
-    scores = task.evaluate_test(model, tokenizer, data, recipe, info, device)
-    n = scores["tuned"].get("generated", len(data))
-    return {"task": recipe.task, "labels": info.get("labels"), "n": n, **scores}
+def write_predictions(run: RunDir, predictions: list[dict], name: str = "predictions.jsonl") -> None:
+    """Per-row test predictions: the evidence behind every number in eval.json."""
+    import json
+
+    from .runs import atomic_write_text
+
+    atomic_write_text(run.path / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
 
 
 def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, state: dict, started: float):
+    from .evaluate.suite import evaluate_model
+    from .model_card import write_model_card
     from .pipeline import RunResult
     from .report import write_report
 
@@ -78,11 +83,11 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
     device = next(final.parameters()).device
     t0 = time.time()
     print(f"Evaluating on {len(prepared.test)} test rows ...", flush=True)
-    result = evaluate_split(task, final, tokenizer, prepared.test, recipe, info, device)
-    result["split"] = "test"
+    result, predictions = evaluate_model(task, final, tokenizer, prepared.test, recipe, info, device)
+    write_predictions(run, predictions)
     atomic_write_json(run.eval_file, result)
     eval_seconds = time.time() - t0
-    manifest = run.update_manifest(
+    run.update_manifest(
         status="completed", ended=time.time(), wall_seconds=round(time.time() - started, 2),
         steps=state["step"], best_step=state["best_step"], best_validation=state["best"],
         stopped_early=state["stopped_early"], trained_tokens=state["tokens"],
@@ -91,7 +96,8 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
         test_eval_seconds=round(eval_seconds, 2),
     )
     shutil.rmtree(run.last_ckpt, ignore_errors=True)  # optimizer state is only needed to resume
-    write_report(run, manifest, result)
+    write_report(run)
+    write_model_card(run)
     print_summary(result, run)
     return RunResult(run.path, result)
 

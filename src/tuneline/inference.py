@@ -89,9 +89,11 @@ class LoadedRun:
         rows = read_rows(path)
         encoded = self.task.encode_rows(rows, self.recipe, self.tokenizer, self.labels)
         device = next(self.model.parameters()).device
-        scores = self.task.evaluate_test(self.model, self.tokenizer, encoded, self.recipe, self.info, device)
-        n = scores["tuned"].get("generated", len(encoded))
-        return {"task": self.info["task"], "labels": self.labels, "n": n, "split": str(path), **scores}
+        from .evaluate.suite import evaluate_model
+
+        result, self.last_predictions = evaluate_model(self.task, self.model, self.tokenizer, encoded, self.recipe,
+                                                       self.info, device, split=str(path))
+        return result
 
 
 def load_run(path: str | Path) -> LoadedRun:

@@ -98,6 +98,7 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
     elif resume:
         resume = False  # nothing to resume: a fresh run
 
+    _resolve_eval_files(recipe, base_dir)
     task = get_task(recipe.task)
     if recipe.train.early_stopping and recipe.train.early_stopping.metric not in task.metric_names:
         raise UserError(f"train.early_stopping.metric: {recipe.train.early_stopping.metric!r} is not a "
@@ -151,6 +152,19 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
             raise
         raise RunFailed(f"run failed: {type(e).__name__}: {e} (details in {run.manifest})") from e
     return result
+
+
+def _resolve_eval_files(recipe: Recipe, base_dir: Path | None) -> None:
+    """Files the evaluation reads, checked before training and stored as absolute paths in the
+    run's recipe, so `tuneline evaluate` / `report` later find them from any folder."""
+    e = recipe.eval
+    if e.forgetting.reference:
+        e.forgetting.reference = str(resolve_data_path(e.forgetting.reference, base_dir, "eval.forgetting.reference"))
+    if isinstance(e.counterfactuals, str):
+        e.counterfactuals = str(resolve_data_path(e.counterfactuals, base_dir, "eval.counterfactuals"))
+        from .evaluate.counterfactual import load_pairs
+
+        load_pairs(e.counterfactuals)  # a malformed pairs file fails now, not after training
 
 
 def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):

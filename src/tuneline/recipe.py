@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -94,9 +94,22 @@ class GenerateOptions(_Strict):
     system_prompt: Optional[str] = None
 
 
+class ForgettingOptions(_Strict):
+    enabled: bool = Field(True, description="measured for every run on a causal language model")
+    reference: Optional[str] = Field(None, description="general text file (.txt); default: tuneline's own sample")
+    max_tokens: int = Field(16384, ge=64, description="cap on reference tokens read (cost: 2 forward passes)")
+    window: int = Field(512, ge=16, description="tokens per scored window")
+
+
 class EvalOptions(_Strict):
     batch_size: Optional[int] = Field(None, ge=1)
     max_samples: Optional[int] = Field(None, ge=1, description="cap on test rows evaluated (generation is slow)")
+    forgetting: ForgettingOptions = ForgettingOptions()
+    slices: list[str] = Field(default_factory=list, description="test columns to break the metrics down by")
+    counterfactuals: Optional[Union[bool, str]] = Field(
+        None, description="swap gendered terms and names (true), or the pairs of a file (one 'a,b' per line); "
+                          "default: on for classify, off for generate (it generates twice per row)")
+    counterfactual_samples: int = Field(50, ge=1, description="cap on rows generated twice (generate task)")
 
 
 DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}

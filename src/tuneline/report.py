@@ -1,136 +1,296 @@
-"""The run's HTML report: metrics next to the baseline, loss curves, confusion matrices."""
+"""The run's report.html: one self-contained page (plots embedded) that a reader understands
+without the terminal. Built only from the files in the run folder, so `tuneline report RUN`
+rebuilds it at any time."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 
+from . import plots
+from .cli_format import HEADLINE, _fmt
 from .runs import RunDir, atomic_write_text
 
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1020px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:.6em 0 1.2em}td,th{border:1px solid #ccc;padding:4px 10px;"
+         "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}.muted{color:#777}"
+         ".good{color:#11703a}.bad{color:#b42318}.box{background:#f7f7f9;border-left:4px solid #4a6ee0;"
+         "padding:.6em 1em;margin:1em 0}pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:13px}"
+         "nav a{margin-right:.8em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
-def loss_plot(metrics: list[dict]) -> str | None:
-    import matplotlib
+def esc(x) -> str:
+    return html.escape(str(x))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    train = [(m["step"], m["loss"]) for m in metrics if m.get("type") == "train" and m.get("loss") is not None]
-    val = [(m["step"], m["loss"]) for m in metrics if m.get("type") == "eval" and m.get("loss") is not None]
-    if not train and not val:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    if train:
-        ax.plot(*zip(*train), label="train loss", lw=1.2)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = _png(fig)
-    plt.close(fig)
+def img(b64: str | None, alt: str, style: str = "") -> str:
+    if not b64:
+        return ""
+    return f"<img alt='{esc(alt)}' style='{style}' src='data:image/png;base64,{b64}'>"
+
+
+def signed(v, metric: str) -> str:
+    if not isinstance(v, (int, float)):
+        return "-"
+    better = (v < 0) if metric in LOWER_IS_BETTER else (v > 0)
+    cls = "good" if better else ("bad" if v != 0 else "muted")
+    return f"<span class='{cls}'>{v:+.4f}</span>"
+
+
+def read_json(path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def read_jsonl(path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def headline(result: dict) -> str:
+    task = result["task"]
+    key = "accuracy" if task == "classify" else "chrf"
+    t, b = result["tuned"].get(key), result["baseline"].get(key)
+    if not isinstance(t, (int, float)) or not isinstance(b, (int, float)):
+        return ""
+    base = result["baseline"].get("kind", "baseline").replace("_", " ")
+    verdict = "better than" if t > b else ("equal to" if t == b else "worse than")
+    return (f"<div class='box'>Tuned model: <b>{key} {t:.4f}</b> on {result.get('n')} test rows, "
+            f"{verdict} the baseline ({base}) at {b:.4f} ({signed(t - b, key)}).</div>")
+
+
+def metrics_section(result: dict) -> list[str]:
+    task = result["task"]
+    tuned, base, zs = result["tuned"], result["baseline"], result.get("zero_shot")
+    keys = [k for k in HEADLINE.get(task, ()) if k in tuned or k in base]
+    cols = [("tuned", tuned), (f"baseline: {base.get('kind', 'base model').replace('_', ' ')}", base)]
+    if zs:
+        cols.append(("baseline: zero-shot base model", zs))
+    out = ["<h2 id='results'>Baseline vs tuned (test)</h2>", headline(result),
+           "<table id='metrics'><tr><th>metric</th>" + "".join(f"<th>{esc(c)}</th>" for c, _ in cols)
+           + "<th>tuned - baseline</th>" + ("<th>tuned - zero-shot</th>" if zs else "") + "</tr>"]
+    diff, dzs = result.get("difference", {}), result.get("difference_zero_shot", {})
+    for k in keys:
+        row = f"<tr><td>{k}</td>" + "".join(f"<td>{_fmt(d.get(k))}</td>" for _, d in cols)
+        row += f"<td>{signed(diff.get(k), k)}</td>" + (f"<td>{signed(dzs.get(k), k)}</td>" if zs else "")
+        out.append(row + "</tr>")
+    out.append("</table>")
+    if zs:
+        out.append(f"<p class='muted'>Zero-shot: the untuned chat model was asked to answer with one label; "
+                   f"{zs.get('unparseable', 0)} of {zs.get('n')} answers named no label and count as wrong.</p>")
+    bar_keys = [k for k in keys if k not in LOWER_IS_BETTER and isinstance(tuned.get(k), (int, float))]
+    if bar_keys:
+        series = {name: [float(d.get(k) or 0) for k in bar_keys] for name, d in cols}
+        out.append(img(plots.bars_plot(bar_keys, series, "score", "test metrics"), "baseline vs tuned"))
     return out
 
 
-def confusion_plot(confusion: list[list[int]], labels: list[str], title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    cm = np.asarray(confusion)
-    size = max(3.2, 0.45 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    if len(labels) <= 15:
-        hi = cm.max() / 2 if cm.size else 0
-        for i in range(cm.shape[0]):
-            for j in range(cm.shape[1]):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > hi else "black")
-    out = _png(fig)
-    plt.close(fig)
+def forgetting_section(result: dict) -> list[str]:
+    f = result.get("forgetting")
+    out = ["<h2 id='forgetting'>Forgetting</h2>"]
+    if not f:
+        return out + ["<p class='muted'>Not recorded for this run.</p>"]
+    if not f.get("measured"):
+        return out + [f"<p>Not measured: {esc(f.get('reason'))}.</p>"]
+    rel = f["relative_change"]
+    word = "higher (the model forgot some general language)" if rel > 0 else "lower or equal (no forgetting seen)"
+    out.append(f"<p>Perplexity on general text ({esc(f['reference'])}, {f['tokens']:,} tokens): "
+               f"{word}.</p><table id='forgetting-table'><tr><th>base model</th><th>tuned model</th>"
+               f"<th>relative change</th></tr><tr><td>{f['base_perplexity']:.3f}</td><td>{f['tuned_perplexity']:.3f}</td>"
+               f"<td>{signed(rel, 'perplexity')} ({100 * rel:+.1f} %)</td></tr></table>"
+               f"<p class='muted'>{esc(f.get('how', ''))}; lower perplexity is better.</p>")
     return out
 
 
-def _metric_rows(result: dict) -> str:
-    from .cli_format import HEADLINE, _fmt
+def curves_section(run: RunDir, task: str) -> list[str]:
+    from .tasks import get_task
 
-    tuned, base = result["tuned"], result["baseline"]
-    rows = []
-    for k in HEADLINE.get(result["task"], ()):
-        if k in tuned or k in base:
-            rows.append(f"<tr><td>{k}</td><td>{_fmt(tuned.get(k))}</td><td>{_fmt(base.get(k))}</td></tr>")
-    return "\n".join(rows)
+    metrics = run.read_metrics()
+    out = ["<h2 id='curves'>Training curves</h2>"]
+    loss = plots.loss_plot(metrics)
+    if not loss:
+        return out + ["<p class='muted'>No metrics logged.</p>"]
+    out.append(img(loss, "loss curves"))
+    out.append(img(plots.eval_curves_plot(metrics, get_task(task).metric_names), "validation curves"))
+    out.append(img(plots.lr_plot(metrics), "learning-rate schedule"))
+    return out
 
 
-def write_report(run: RunDir, manifest: dict, result: dict) -> None:
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>tuneline run report</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
-        "th{background:#f3f3f3}img{max-width:100%}.muted{color:#777}</style></head><body>",
-        f"<h1>Run report: {html.escape(str(run.path.name))}</h1>",
-        f"<p>Task <b>{html.escape(manifest.get('task', ''))}</b>, model <b>{html.escape(str(manifest.get('model')))}</b>, "
-        f"method <b>{html.escape(str(manifest.get('method')))}</b>, status <b>{html.escape(str(manifest.get('status')))}</b>.</p>",
-        f"<p class='muted'>Rows: {html.escape(json.dumps(manifest.get('rows', {})))}; trainable parameters "
-        f"{manifest.get('parameters', {}).get('trainable', 0):,} of {manifest.get('parameters', {}).get('total', 0):,}; "
-        f"{manifest.get('steps')} steps in {manifest.get('train_seconds')} s "
-        f"({manifest.get('tokens_per_second')} trained tokens/s); best validation step {manifest.get('best_step')}.</p>",
-        "<h2>Test metrics</h2>",
-        f"<table><tr><th>metric</th><th>tuned</th><th>baseline ({html.escape(result['baseline'].get('kind', 'base model'))})</th></tr>",
-        _metric_rows(result), "</table>",
-    ]
-    per_class = result["tuned"].get("per_class")
+def diagnostics_section(run: RunDir) -> list[str]:
+    diags = read_json(run.path / "diagnostics.json")
+    if not diags:
+        return []
+    out = ["<h2 id='diagnostics'>Diagnostics</h2><table><tr><th>severity</th><th>check</th><th>what</th>"
+           "<th>step</th><th>advice</th></tr>"]
+    for d in diags:
+        out.append(f"<tr><td>{esc(d.get('severity', ''))}</td><td>{esc(d.get('check', ''))}</td>"
+                   f"<td>{esc(d.get('message', ''))}</td><td>{esc(d.get('step', ''))}</td>"
+                   f"<td>{esc(d.get('advice', ''))}</td></tr>")
+    return out + ["</table>"]
+
+
+def classify_sections(result: dict) -> list[str]:
+    tuned, labels = result["tuned"], result.get("labels") or []
+    out = []
+    per_class = tuned.get("per_class")
     if per_class:
-        parts.append("<h3>Per class (tuned)</h3><table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>")
+        out.append("<h2 id='per-class'>Per class (tuned)</h2><table><tr><th>label</th><th>precision</th>"
+                   "<th>recall</th><th>F1</th><th>support</th></tr>")
         for lab, v in per_class.items():
-            parts.append(f"<tr><td>{html.escape(lab)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
-                         f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>")
-        parts.append("</table>")
-    audit_file = run.path / "audit.json"
-    if audit_file.exists():
-        findings = json.loads(audit_file.read_text()).get("findings", [])
-        parts.append("<h2>Data audit</h2>")
-        if not findings:
-            parts.append("<p>No findings.</p>")
+            out.append(f"<tr><td>{esc(lab)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+                       f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>")
+        out.append("</table>")
+    out.append("<h2 id='confusion'>Confusion matrices (test)</h2><div>")
+    for key, title in (("tuned", "tuned model"), ("baseline", "baseline"), ("zero_shot", "zero-shot base model")):
+        cm = (result.get(key) or {}).get("confusion")
+        if cm:
+            out.append(img(plots.confusion_plot(cm, labels, title), f"confusion {key}", "max-width:32%"))
+    out.append("</div>")
+    cal = tuned.get("calibration")
+    if cal:
+        out.append(f"<h2 id='calibration'>Calibration</h2><p>Expected calibration error <b>{cal['ece']:.4f}</b> "
+                   f"(mean confidence {cal['mean_confidence']:.3f}, accuracy {cal['accuracy']:.3f}; "
+                   f"{cal['n_bins']} equal-width bins). 0 means the confidence can be read as a probability.</p>")
+        out.append(img(plots.reliability_plot(cal), "reliability diagram"))
+    errors = result.get("most_confident_errors")
+    if errors is not None:
+        out.append("<h2 id='errors'>Most confident errors</h2>")
+        if not errors:
+            out.append("<p>No test row was misclassified.</p>")
         else:
-            parts.append("<table><tr><th>severity</th><th>check</th><th>count</th><th>what</th><th>first lines</th></tr>")
-            for f in findings:
-                lines = ", ".join(f"{e.get('file', '').rsplit('/', 1)[-1]}:{e['line']}" for e in f["examples"][:3] if e.get("line"))
-                parts.append(f"<tr><td>{f['severity']}</td><td>{html.escape(f['check'])}</td><td>{f['count']}</td>"
-                             f"<td>{html.escape(f['message'])}</td><td>{html.escape(lines)}</td></tr>")
-            parts.append("</table>")
-    img = loss_plot(run.read_metrics())
-    if img:
-        parts.append(f"<h2>Loss</h2><img alt='loss curves' src='data:image/png;base64,{img}'>")
-    if "confusion" in result["tuned"]:
-        parts.append("<h2>Confusion matrices (test)</h2><div>")
-        for key, title in (("tuned", "tuned model"), ("baseline", "baseline")):
-            cm = result[key].get("confusion")
-            if cm:
-                parts.append(f"<img alt='confusion {key}' style='max-width:48%' "
-                             f"src='data:image/png;base64,{confusion_plot(cm, result['labels'], title)}'>")
-        parts.append("</div>")
-    samples = result["tuned"].get("samples")
-    if samples:
-        parts.append("<h2>Samples</h2><table><tr><th>prompt</th><th>reference</th><th>tuned</th><th>baseline</th></tr>")
-        for s in samples:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(str(s.get(k, '')))}</td>"
-                                          for k in ("prompt", "reference", "tuned", "baseline")) + "</tr>")
-        parts.append("</table>")
+            out.append("<table><tr><th>where</th><th>text</th><th>true</th><th>predicted</th><th>confidence</th></tr>")
+            for e in errors:
+                out.append(f"<tr><td>{esc(e['where'].rsplit('/', 1)[-1])}</td><td>{esc(e['text'])}</td>"
+                           f"<td>{esc(e['label'])}</td><td>{esc(e['pred'])}</td><td>{e['confidence']:.3f}</td></tr>")
+            out.append("</table>")
+    return out
+
+
+def samples_section(result: dict, predictions: list[dict]) -> list[str]:
+    rows = predictions[:10] if predictions else result["tuned"].get("samples") or []
+    if not rows:
+        return []
+    out = ["<h2 id='samples'>Sample generations</h2><table><tr><th>prompt</th><th>reference</th>"
+           "<th>tuned</th><th>base model</th></tr>"]
+    for s in rows:
+        out.append("<tr>" + "".join(f"<td>{esc(s.get(k, ''))}</td>" for k in ("prompt", "reference", "tuned", "baseline"))
+                   + "</tr>")
+    return out + ["</table>"]
+
+
+def slices_section(result: dict) -> list[str]:
+    slices = result.get("slices") or []
+    if not slices:
+        return []
+    out = ["<h2 id='slices'>Slices</h2>"]
+    for s in slices:
+        m = s["metric"]
+        gap = (f"gap between best ({esc(s['best'])}) and worst ({esc(s['worst'])}) slice: <b>{s['gap']:.4f}</b>"
+               if s.get("gap") is not None else "too few slices with enough rows to compare")
+        out.append(f"<h3>by {esc(s['column'])}</h3><p>{m}: {gap} (slices under {s['min_rows']} rows are not "
+                   f"compared).</p><table><tr><th>{esc(s['column'])}</th><th>rows</th><th>{m}</th></tr>")
+        for r in s["slices"]:
+            v = r.get(m)
+            out.append(f"<tr><td>{esc(r['value'])}</td><td>{r['n']}</td><td>{_fmt(v)}</td></tr>")
+        out.append("</table>")
+        if s.get("omitted_values"):
+            out.append(f"<p class='muted'>{s['omitted_values']} rarer values not shown.</p>")
+        vals = [r for r in s["slices"] if isinstance(r.get(m), (int, float))]
+        if len(vals) >= 2:
+            out.append(img(plots.bars_plot([r["value"] for r in vals], {m: [r[m] for r in vals]}, m,
+                                           f"{m} by {s['column']}"), f"slices {s['column']}"))
+    return out
+
+
+def counterfactual_section(result: dict) -> list[str]:
+    c = result.get("counterfactuals")
+    if not c:
+        return []
+    out = ["<h2 id='counterfactuals'>Counterfactual flips</h2>"]
+    if not c["rows_with_terms"]:
+        return out + [f"<p>No test input contains a term of the pairs ({esc(c['pairs'])}).</p>"]
+    out.append(f"<p>Swapping terms ({esc(c['pairs'])}) in the {c['rows_with_terms']} test inputs that contain one "
+               f"changed the prediction in <b>{c['flips']}</b> ({100 * c['flip_rate']:.1f} %). "
+               + ("A fair model changes none." if c["flips"] else "None changed.") + "</p>")
+    if c["examples"]:
+        out.append("<table><tr><th>original</th><th>swapped</th><th>before</th><th>after</th></tr>")
+        for e in c["examples"]:
+            out.append(f"<tr><td>{esc(e['original'])}</td><td>{esc(e['swapped'])}</td><td>{esc(e['before'])}</td>"
+                       f"<td>{esc(e['after'])}</td></tr>")
+        out.append("</table>")
+    return out
+
+
+def audit_section(run: RunDir) -> list[str]:
+    audit = read_json(run.path / "audit.json")
+    if audit is None:
+        return []
+    findings = audit.get("findings", [])
+    out = ["<h2 id='audit'>Data audit</h2>"]
+    if not findings:
+        return out + ["<p>No findings.</p>"]
+    out.append("<table><tr><th>severity</th><th>check</th><th>count</th><th>what</th><th>first lines</th></tr>")
+    for f in findings:
+        lines = ", ".join(f"{e.get('file', '').rsplit('/', 1)[-1]}:{e['line']}" for e in f["examples"][:3] if e.get("line"))
+        out.append(f"<tr><td>{esc(f['severity'])}</td><td>{esc(f['check'])}</td><td>{f['count']}</td>"
+                   f"<td>{esc(f['message'])}</td><td>{esc(lines)}</td></tr>")
+    return out + ["</table>"]
+
+
+def run_section(run: RunDir, manifest: dict) -> list[str]:
+    p = manifest.get("parameters", {})
+    rows = [
+        ("rows", json.dumps(manifest.get("rows", {}))),
+        ("trainable parameters", f"{p.get('trainable', 0):,} of {p.get('total', 0):,}"),
+        ("steps", f"{manifest.get('steps')} (best validation at step {manifest.get('best_step')}"
+                  + (", stopped early" if manifest.get("stopped_early") else "") + ")"),
+        ("wall time", f"{manifest.get('wall_seconds')} s (training {manifest.get('train_seconds')} s, "
+                      f"test evaluation {manifest.get('test_eval_seconds')} s)"),
+        ("trained tokens", f"{manifest.get('trained_tokens')} ({manifest.get('tokens_per_second')} per second)"),
+        ("precision", manifest.get("precision")),
+        ("hardware", json.dumps(manifest.get("hardware", {}))),
+        ("versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())),
+    ]
+    out = ["<h2 id='run'>Timings and versions</h2><table>"]
+    out += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows]
+    out.append("</table>")
+    if run.recipe.exists():
+        out.append(f"<h2 id='recipe'>Recipe (resolved)</h2><pre>{esc(run.recipe.read_text())}</pre>")
+    return out
+
+
+def write_report(run: RunDir | str) -> None:
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    manifest = run.read_manifest()
+    result = read_json(run.eval_file)
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>tuneline report: {esc(run.path.name)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>Run report: {esc(run.path.name)}</h1>",
+             f"<p>Task <b>{esc(manifest.get('task', ''))}</b>, model <b>{esc(manifest.get('model'))}</b>, "
+             f"method <b>{esc(manifest.get('method'))}</b>, status <b>{esc(manifest.get('status'))}</b>.</p>"]
+    if manifest.get("error"):
+        parts.append(f"<div class='box bad'>Error: {esc(manifest['error'])}</div>")
+    nav = ["results", "forgetting", "curves", "slices", "counterfactuals", "audit", "run", "recipe"]
+    parts.append("<nav>" + "".join(f"<a href='#{n}'>{n}</a>" for n in nav) + "</nav>")
+    if result:
+        parts += metrics_section(result)
+        parts += forgetting_section(result)
+    parts += curves_section(run, manifest.get("task", "classify"))
+    parts += diagnostics_section(run)
+    if result:
+        if result["task"] == "classify":
+            parts += classify_sections(result)
+        else:
+            parts += samples_section(result, read_jsonl(run.path / "predictions.jsonl"))
+        parts += slices_section(result)
+        parts += counterfactual_section(result)
+    parts += audit_section(run)
+    parts += run_section(run, manifest)
     parts.append("</body></html>")
-    atomic_write_text(run.report, "\n".join(parts))
+    atomic_write_text(run.report, "\n".join(p for p in parts if p))

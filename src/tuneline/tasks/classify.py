@@ -26,6 +26,7 @@ class Encoded:
     labels: list[int]
     where: list[str]
     texts: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)  # the raw rows, for evaluation slices
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -147,7 +148,7 @@ class ClassifyTask:
                 )
             ids.append(index[lab])
         enc = tokenizer(texts, truncation=True, max_length=recipe.train.max_length)
-        return Encoded(enc["input_ids"], ids, [rows.where(i) for i in range(len(rows))], texts)
+        return Encoded(enc["input_ids"], ids, [rows.where(i) for i in range(len(rows))], texts, list(rows.records))
 
     # -- model ------------------------------------------------------------
     def load_model(self, path: str, recipe, tokenizer, labels: list[str], dtype=torch.float32):
@@ -217,9 +218,18 @@ class ClassifyTask:
     def evaluate_test(self, model, tokenizer, data: Encoded, recipe, info: dict, device) -> dict:
         bs = recipe.eval.batch_size or recipe.train.eval_batch_size or recipe.train.batch_size * 2
         labels = info["labels"]
-        tuned = self.evaluate(model, data, labels, tokenizer.pad_token_id, bs, device)
+        logits = self.logits(model, data.input_ids, tokenizer.pad_token_id, bs, device)
+        y = torch.tensor(data.labels)
+        tuned = classification_metrics(data.labels, logits.argmax(-1).tolist(), labels)
+        tuned["loss"] = float(F.cross_entropy(logits, y))
         baseline = self.baseline(labels.index(info["majority_label"]), data, labels)
-        return {"tuned": tuned, "baseline": baseline}
+        probs = logits.softmax(-1)
+        predictions = [{
+            "where": data.where[i], "text": data.texts[i] if data.texts else None,
+            "label": labels[data.labels[i]], "pred": labels[int(probs[i].argmax())],
+            "probs": [round(float(p), 6) for p in probs[i]],
+        } for i in range(len(data))]
+        return {"tuned": tuned, "baseline": baseline, "predictions": predictions}
 
     @torch.no_grad()
     def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32,

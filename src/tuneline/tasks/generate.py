@@ -32,6 +32,7 @@ class ChatEncoded:
     truncated: int = 0
     dropped: int = 0
     dropped_where: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)  # the raw rows kept, for evaluation slices
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -42,7 +43,8 @@ class ChatEncoded:
 
     def head(self, n: int) -> "ChatEncoded":
         return ChatEncoded(self.input_ids[:n], self.labels[:n], self.where[:n], self.prompts[:n],
-                           self.references[:n], self.truncated, self.dropped, self.dropped_where)
+                           self.references[:n], self.truncated, self.dropped, self.dropped_where,
+                           self.records[:n])
 
 
 @dataclass
@@ -175,6 +177,7 @@ class GenerateTask:
             out.where.append(rows.where(i))
             out.prompts.append(msgs[:-1])
             out.references.append(msgs[-1]["content"])
+            out.records.append(rows.records[i])
         if not out.input_ids:
             raise UserError(f"{rows.path}: no row fits train.max_length={max_len}; raise it or use "
                             "generate.truncation: left")
@@ -316,7 +319,10 @@ class GenerateTask:
                     "tuned": tuned_preds[i], "baseline": base_preds[i]} for i in range(min(5, n_gen))]
         tuned["samples"] = samples
         baseline["samples"] = samples
-        return {"tuned": tuned, "baseline": baseline}
+        predictions = [{"where": data.where[i], "prompt": data.prompts[i][-1]["content"],
+                        "reference": data.references[i], "tuned": tuned_preds[i], "baseline": base_preds[i]}
+                       for i in range(n_gen)]
+        return {"tuned": tuned, "baseline": baseline, "predictions": predictions}
 
     def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8,
                 options=None, system_prompt: str | None = None) -> list[dict]:
