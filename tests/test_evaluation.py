@@ -263,3 +263,34 @@ def test_bad_eval_files_fail_before_training(tmp_path, tiny_bert, cls_data):
         r = run_cli("train", recipe)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "run").exists()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def test_report_renders_in_headless_chromium(cls_run, tmp_path):
+    """As a person sees it: every plot decodes and shows, nothing fails to load, no script error."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        failed, errors = [], []
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto((cls_run / "report.html").resolve().as_uri())
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => ({alt: e.alt, ok: e.complete && e.naturalWidth > 0, w: e.naturalWidth}))")
+        alts = {i["alt"] for i in images}
+        assert {"loss curves", "learning-rate schedule", "reliability diagram", "confusion tuned",
+                "baseline vs tuned", "slices channel"} <= alts, alts
+        assert all(i["ok"] for i in images), [i for i in images if not i["ok"]]
+        assert page.locator("#metrics").is_visible() and page.locator("#forgetting").is_visible()
+        assert page.title().startswith("tuneline report")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert not failed and not errors, (failed, errors)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
