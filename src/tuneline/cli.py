@@ -29,11 +29,14 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     force: bool = typer.Option(False, "--force", help="train even when the data audit finds errors"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (rows, tokens, steps, parameters, "
+                                 "measured speed, estimated time and peak memory) and stop; writes nothing"),
 ):
     """Fine-tune a model as the recipe says; ends with test metrics next to the baseline."""
     from .pipeline import train as run_train
 
-    run_train(recipe, overrides=set_, output=output, resume=resume, overwrite=overwrite, force=force)
+    run_train(recipe, overrides=set_, output=output, resume=resume, overwrite=overwrite, force=force,
+              dry_run=dry_run)
 
 
 @data_app.command("check")

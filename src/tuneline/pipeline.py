@@ -68,7 +68,7 @@ def _accelerator(precision: str):
 
 def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, base_dir: Path | None = None,
-          force: bool = False, callbacks: list | None = None) -> "RunResult":
+          force: bool = False, callbacks: list | None = None, dry_run: bool = False) -> "RunResult | dict":
     """Run a recipe end to end; returns the run's results. Raises UserError for bad input."""
     name = "run"
     if isinstance(recipe, (str, Path)):
@@ -80,7 +80,7 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
     out = Path(output or recipe.output or Path("runs") / name)
     run = RunDir(out)
-    if run.path.exists() and any(run.path.iterdir()):
+    if run.path.exists() and any(run.path.iterdir()) and not dry_run:
         if resume:
             if not run.exists():
                 raise UserError(f"{out}: not a run folder (run.json missing); nothing to resume")
@@ -114,8 +114,16 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         if changed:
             raise UserError(f"--resume: data changed since the run started ({', '.join(changed)}); start a new run")
 
-    audit_result = run_audit(recipe, splits, tokenizer, force)
+    audit_result = run_audit(recipe, splits, tokenizer, force or dry_run)
     prepared = task.prepare(splits, recipe, tokenizer)
+    if dry_run:
+        from .estimate import dry_run as estimate, format_plan
+
+        plan = estimate(recipe, task, source, tokenizer, prepared)
+        where = (f"{torch.get_num_threads()} CPU threads" if hardware.device_type() == "cpu"
+                 else hardware.describe()["cuda_device"])
+        print(format_plan(plan, recipe, precision, where), flush=True)
+        return plan
     if overwrite and not resume and run.path.exists():
         # only now, with recipe, model and data checked: a bad input never costs the old run
         shutil.rmtree(run.path)
