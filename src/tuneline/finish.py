@@ -91,6 +91,7 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
         status="completed", ended=time.time(), wall_seconds=round(time.time() - started, 2),
         steps=state["step"], best_step=state["best_step"], best_validation=state["best"],
         stopped_early=state["stopped_early"], trained_tokens=state["tokens"],
+        computed_tokens=state.get("computed_tokens"),  # with padding: the share shows batching waste
         train_seconds=round(state["train_seconds"], 2),
         tokens_per_second=round(state["tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
         test_eval_seconds=round(eval_seconds, 2),

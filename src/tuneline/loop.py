@@ -97,7 +97,7 @@ class Trainer:
     def run_loop(self, resume: bool = False) -> dict:
         tc, plan, run = self.tc, self.plan, self.run
         state = {"metric": self.watch, "step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
-                 "tokens": 0, "train_seconds": 0.0, "stopped_early": False}
+                 "tokens": 0, "computed_tokens": 0, "train_seconds": 0.0, "stopped_early": False}
         if resume:
             ckpt = find_checkpoint(run.last_ckpt)
             if ckpt is not None:
@@ -135,6 +135,7 @@ class Trainer:
                     self.acc.backward(loss / (end - start))
                     step_loss += loss.item() / (end - start)
                     state["tokens"] += int(batch["attention_mask"].sum())
+                    state["computed_tokens"] = state.get("computed_tokens", 0) + batch["attention_mask"].numel()
                     log_tokens += int(batch["attention_mask"].sum())
                 if tc.max_grad_norm:
                     self.acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)

@@ -1,0 +1,304 @@
+"""Speed: the same job through tuneline and through the plain Hugging Face way, in one invocation.
+
+    python benchmarks/speed_vs_hf.py --job lora     # SmolLM2-135M + LoRA on ../shared/data/instructions
+    python benchmarks/speed_vs_hf.py --job full     # MiniLM-L6 full tuning on ../shared/data/sst2
+
+The plain way is what a user writes: transformers.Trainer (+ PEFT for LoRA), the data collator
+padding to the longest row of each (randomly drawn) batch, same model, rows, lr, batch, steps,
+fp32. Each side runs in its own process (clean peak RSS). Printed per side: trained (non-padding)
+tokens/s, share of padding, wall time, peak RSS, training loss, the held-out figure (LoRA: loss on
+assistant tokens of held-out chats; full: SST-2 validation accuracy), model FLOP/s as a share of
+the measured fp32 matmul peak; then the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"]}
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def matmul_peak_gflops(seconds: float = 3.0) -> float:
+    """fp32 GEMM throughput of this machine with the threads torch uses (the roofline)."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+
+
+# -- data: identical rows for both sides --------------------------------------------------------------
+def chat_rows(n_train: int, n_eval: int, max_len: int, tok) -> tuple[list, list]:
+    """Dolly chats that fit max_len tokens (so no truncation policy differs between the sides)."""
+    rows = []
+    with open(SHARED / "instructions" / "train.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            if len(tok.apply_chat_template(r["messages"], tokenize=True)) <= max_len:
+                rows.append(r)
+            if len(rows) >= n_train + n_eval:
+                break
+    return rows[:n_train], rows[n_train:]
+
+
+def plain_encode(tok, msgs, max_len):
+    """How a user masks the prompt: render the prompt with the generation header, train the rest."""
+    prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(msgs, tokenize=False)
+    ids = tok(full, add_special_tokens=False)["input_ids"][:max_len]
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * n_prompt + ids[n_prompt:]}
+
+
+def heldout_loss(model, tok, rows, max_len) -> float:
+    """Mean cross-entropy per assistant token on held-out chats: the same function for both sides."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            e = plain_encode(tok, r["messages"], max_len)
+            ids = torch.tensor([e["input_ids"]])
+            labels = torch.tensor([e["labels"]])
+            logits = model(input_ids=ids).logits[0, :-1]
+            tgt = labels[0, 1:]
+            keep = tgt != -100
+            total += float(torch.nn.functional.cross_entropy(logits[keep], tgt[keep], reduction="sum"))
+            count += int(keep.sum())
+    return total / count
+
+
+def sst2_rows(n: int) -> tuple[list, list]:
+    read = lambda p: [json.loads(l) for l in open(p)]
+    return read(SHARED / "sst2" / "train.jsonl")[:n], read(SHARED / "sst2" / "validation.jsonl")
+
+
+# -- the plain Hugging Face side ---------------------------------------------------------------------
+class TokenCount:
+    """Counts real and padded tokens of every training batch (a Trainer callback can't see batches)."""
+
+    def __init__(self, collator):
+        self.collator, self.real, self.padded = collator, 0, 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.real += int(batch["attention_mask"].sum())
+        self.padded += batch["attention_mask"].numel()
+        return batch
+
+
+def hf_side(args) -> dict:
+    import torch
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                              DataCollatorForSeq2Seq, DataCollatorWithPadding, Trainer, TrainingArguments)
+
+    from tuneline.models import resolve_model
+
+    path = resolve_model(args.model).path
+    tok = AutoTokenizer.from_pretrained(path)
+    targs = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, learning_rate=args.lr,
+                 max_steps=args.steps, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
+                 logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=True,
+                 disable_tqdm=True, dataloader_num_workers=0)
+    if args.job == "lora":
+        from datasets import Dataset
+        from peft import LoraConfig, get_peft_model
+
+        train, held = chat_rows(args.steps * args.batch, args.eval_rows, args.max_len, tok)
+        ds = Dataset.from_list([plain_encode(tok, r["messages"], args.max_len) for r in train])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                                 target_modules=LORA["targets"], task_type="CAUSAL_LM"))
+        collator = TokenCount(DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100))
+    else:
+        from datasets import Dataset
+
+        train, held = sst2_rows(args.rows)
+        labels = sorted({r["label"] for r in train})
+        enc = tok([r["text"] for r in train], truncation=True, max_length=args.max_len)
+        ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                                "labels": [labels.index(r["label"]) for r in train]})
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+        collator = TokenCount(DataCollatorWithPadding(tok, padding="longest"))
+    trainer = Trainer(model=model, args=TrainingArguments(**targs), train_dataset=ds, data_collator=collator)
+    t0 = time.perf_counter()
+    out = trainer.train()
+    train_s = time.perf_counter() - t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    res = {"train_seconds": train_s, "real_tokens": collator.real, "computed_tokens": collator.padded,
+           "loss_first": losses[0] if losses else None, "loss_mean": sum(losses) / len(losses) if losses else None,
+           "loss_last_quarter": _tail_mean(losses), "steps": out.global_step}
+    if args.job == "lora":
+        res["heldout_loss"] = heldout_loss(trainer.model, tok, held, args.max_len)
+    else:
+        res["validation_accuracy"] = _accuracy(trainer.model, tok, held, labels, args.max_len)
+    return res
+
+
+def _tail_mean(xs):
+    tail = xs[-max(1, len(xs) // 4):]
+    return sum(tail) / len(tail) if tail else None
+
+
+def _accuracy(model, tok, rows, labels, max_len) -> float:
+    import torch
+
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for s in range(0, len(rows), 64):
+            part = rows[s:s + 64]
+            enc = tok([r["text"] for r in part], truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+            pred = model(**enc).logits.argmax(-1).tolist()
+            right += sum(labels[p] == r["label"] for p, r in zip(pred, part))
+    return right / len(rows)
+
+
+# -- the tuneline side ----------------------------------------------------------------------------------
+def tuneline_side(args) -> dict:
+    import tuneline
+    from tuneline.models import load_tokenizer, resolve_model
+
+    path = resolve_model(args.model).path
+    tok = load_tokenizer(path)
+    tmp = Path(tempfile.mkdtemp())
+    if args.job == "lora":
+        train, held = chat_rows(args.steps * args.batch, args.eval_rows, args.max_len, tok)
+        write = lambda p, rows: p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write(tmp / "train.jsonl", train)
+        write(tmp / "held.jsonl", held)
+        recipe = {"task": "generate", "model": args.model, "method": "lora",
+                  "data": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "held.jsonl"),
+                           "test": str(tmp / "held.jsonl")},
+                  "lora": {"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]},
+                  "generate": {"max_new_tokens": 1}, "eval": {"max_samples": 1, "forgetting": {"enabled": False}}}
+    else:
+        train, held = sst2_rows(args.rows)
+        (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+        recipe = {"task": "classify", "model": args.model, "method": "full",
+                  "data": {"train": str(tmp / "train.jsonl"), "validation": str(SHARED / "sst2" / "validation.jsonl"),
+                           "test": str(SHARED / "sst2" / "validation.jsonl")},
+                  "eval": {"counterfactuals": False}}
+    recipe["train"] = {"max_steps": args.steps, "lr": args.lr, "batch_size": args.batch, "max_length": args.max_len,
+                       "warmup_ratio": 0.0, "weight_decay": 0.0, "log_every": 1, "seed": args.seed,
+                       "scheduler": "linear"}
+    recipe["output"] = str(tmp / "run")
+    from tuneline.recipe import recipe_from_dict
+
+    tuneline.train(recipe_from_dict(recipe), force=True)
+    manifest = json.loads((tmp / "run" / "run.json").read_text())
+    metrics = [json.loads(l) for l in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if m["type"] == "train"]
+    evals = [m for m in metrics if m["type"] == "eval"]
+    res = {"train_seconds": manifest["train_seconds"], "real_tokens": manifest["trained_tokens"],
+           "computed_tokens": manifest.get("computed_tokens", manifest["trained_tokens"]),
+           "loss_first": losses[0], "loss_mean": sum(losses) / len(losses), "loss_last_quarter": _tail_mean(losses),
+           "steps": manifest["steps"]}
+    if args.job == "lora":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(tmp / "run" / "model"))
+        res["heldout_loss"] = heldout_loss(model, tok, held, args.max_len)
+    else:
+        res["validation_accuracy"] = evals[-1]["accuracy"]
+    return res
+
+
+def child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    res = (hf_side if args.side == "hf" else tuneline_side)(args)
+    res.update(wall_seconds=time.perf_counter() - t0, peak_rss=peak_rss())
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--job", choices=["lora", "full"], required=True)
+    p.add_argument("--side", choices=["hf", "tuneline"], help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--rows", type=int, default=16000, help="full job: SST-2 training rows (one pass)")
+    p.add_argument("--eval-rows", type=int, default=16, help="lora job: held-out chats for the loss check")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args()
+    if args.job == "lora":
+        args.model, args.batch, args.max_len, args.lr, args.steps = "smollm2-135m-instruct", 8, 512, 5e-4, args.steps or 8
+    else:
+        args.model, args.batch, args.max_len, args.lr = "minilm-l6", 32, 128, 1e-4
+        args.steps = args.steps or args.rows // args.batch
+    if args.side:
+        return child(args)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops()
+    results = {}
+    for side in ("hf", "tuneline"):
+        cmd = [sys.executable, __file__, "--job", args.job, "--side", side, "--steps", str(args.steps),
+               "--rows", str(args.rows), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads),
+               "--seed", str(args.seed)]
+        print(f"running {side} ...", flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{side} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        results[side] = json.loads(line[7:])
+    from tuneline.models import resolve_model
+    from transformers import AutoConfig, AutoModel
+
+    cfg = AutoConfig.from_pretrained(resolve_model(args.model).path)
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
+    flops_per_token = (4 if args.job == "lora" else 6) * n_params
+    rows = []
+    for side, r in results.items():
+        r["tokens_per_s"] = r["real_tokens"] / r["train_seconds"]
+        r["padding_share"] = 1 - r["real_tokens"] / r["computed_tokens"]
+        r["mfu"] = r["tokens_per_s"] * flops_per_token / (peak * 1e9)
+        rows.append(side)
+    h, t = results["hf"], results["tuneline"]
+    quality = "heldout_loss" if args.job == "lora" else "validation_accuracy"
+    print(f"\njob {args.job}: {args.model}, {args.steps} steps of batch {args.batch}, max length {args.max_len}, "
+          f"{args.threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; N = {n_params / 1e6:.1f} M parameters\n")
+    fmt = "{:<26}{:>16}{:>16}{:>10}"
+    print(fmt.format("", "plain HF", "tuneline", "ratio"))
+    for key, label, f, better_high in (
+            ("tokens_per_s", "trained tokens/s", "{:.1f}", True), ("train_seconds", "train seconds", "{:.1f}", False),
+            ("wall_seconds", "wall seconds (process)", "{:.1f}", False), ("peak_rss", "peak RSS (GiB)", None, False),
+            ("padding_share", "padding share", "{:.1%}", False), ("loss_mean", "mean training loss", "{:.4f}", False),
+            ("loss_last_quarter", "loss, last quarter", "{:.4f}", False), (quality, quality.replace("_", " "), "{:.4f}", None),
+            ("mfu", "share of matmul peak", "{:.1%}", True)):
+        hv, tv = h[key], t[key]
+        if key == "peak_rss":
+            hs, ts = f"{hv / 2**30:.2f}", f"{tv / 2**30:.2f}"
+        else:
+            hs, ts = f.format(hv), f.format(tv)
+        ratio = f"{tv / hv:.2f}x" if hv else "-"
+        print(fmt.format(label, hs, ts, ratio))
+    print("\nRESULTS " + json.dumps({"job": args.job, "peak_gflops": peak, "n_params": n_params, **results}))
+
+
+if __name__ == "__main__":
+    main()
