@@ -31,9 +31,18 @@ def train(
     force: bool = typer.Option(False, "--force", help="train even when the data audit finds errors"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (rows, tokens, steps, parameters, "
                                  "measured speed, estimated time and peak memory) and stop; writes nothing"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (torchrun; "
+                              "gloo on CPU, NCCL on GPU); train.batch_size stays the global batch"),
 ):
     """Fine-tune a model as the recipe says; ends with test metrics next to the baseline."""
+    from . import distributed
     from .pipeline import train as run_train
+
+    if nproc > 1 and not distributed.active() and not dry_run:
+        argv = sys.argv[1:]
+        i = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+        del argv[i:i + (1 if "=" in argv[i] else 2)]
+        return distributed.launch(argv, nproc)
 
     run_train(recipe, overrides=set_, output=output, resume=resume, overwrite=overwrite, force=force,
               dry_run=dry_run)

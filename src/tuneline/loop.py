@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from .data.batching import epoch_batches
 from .errors import RunFailed
@@ -81,7 +82,13 @@ class Trainer:
         self.mode = es.resolved_mode() if es else ("min" if self.watch in ("loss", "perplexity") else "max")
         self.optimizer = build_optimizer(model, self.tc)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.plan)
-        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.main = distributed.is_main()
+        if distributed.active():
+            # gradients are averaged by hand (see distributed.py), so no DDP wrapper
+            self.model = self.model.to(self.acc.device)
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        else:
+            self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.eval_batch = self.tc.eval_batch_size or self.tc.batch_size * 2
 
     # ------------------------------------------------------------------
@@ -105,7 +112,8 @@ class Trainer:
                 print(f"Resuming from step {state['step']} of {plan.total_steps}.", flush=True)
             else:
                 print("No checkpoint to resume from yet: starting from step 0.", flush=True)
-            run.truncate_metrics_after(state["step"])
+            if self.main:
+                run.truncate_metrics_after(state["step"])
         tty = sys.stderr.isatty()
         bar = tqdm(total=plan.total_steps, initial=state["step"], desc="train", unit="step", disable=not tty,
                    dynamic_ncols=True)
@@ -123,10 +131,11 @@ class Trainer:
                 end = min(start + tc.grad_accum, n)
                 step_loss = 0.0
                 for bi in range(start, end):
-                    batch = self.task.collate(self.train_data, batches[bi], self.pad_id)
+                    rows, weight = distributed.shard(batches[bi]) if distributed.active() else (batches[bi], 1.0)
+                    batch = self.task.collate(self.train_data, rows, self.pad_id)
                     batch = {k: v.to(self.acc.device) for k, v in batch.items()}
                     with self.acc.autocast():
-                        loss = self.task.loss(self.model, batch)
+                        loss = self.task.loss(self.model, batch) * weight
                     if not torch.isfinite(loss):
                         raise RunFailed(
                             f"training diverged: loss is {loss.item()} at step {state['step'] + 1}; "
@@ -134,9 +143,16 @@ class Trainer:
                         )
                     self.acc.backward(loss / (end - start))
                     step_loss += loss.item() / (end - start)
-                    state["tokens"] += int(batch["attention_mask"].sum())
-                    state["computed_tokens"] = state.get("computed_tokens", 0) + batch["attention_mask"].numel()
-                    log_tokens += int(batch["attention_mask"].sum())
+                    real = int(batch["attention_mask"].sum()) if weight else 0
+                    computed = batch["attention_mask"].numel() if weight else 0
+                    if distributed.active():
+                        real, computed = (int(v) for v in distributed.all_sum([real, computed]))
+                    state["tokens"] += real
+                    state["computed_tokens"] = state.get("computed_tokens", 0) + computed
+                    log_tokens += real
+                if distributed.active():
+                    distributed.average_gradients(self.trainable)
+                    step_loss = distributed.all_sum([step_loss])[0] / distributed.world()[1]
                 if tc.max_grad_norm:
                     self.acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)
                 self.optimizer.step()
@@ -159,9 +175,10 @@ class Trainer:
                     dt = time.perf_counter() - log_t0
                     rec = {"type": "train", "step": step, "epoch": epoch_f, "loss": round(log_loss / log_n, 6),
                            "lr": lr, "tokens_per_s": round(log_tokens / dt, 1) if dt > 0 else None}
-                    run.log_metrics(rec)
-                    for cb in self.callbacks:
-                        cb.on_log(self, rec)
+                    if self.main:
+                        run.log_metrics(rec)
+                        for cb in self.callbacks:
+                            cb.on_log(self, rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}", tok_s=rec["tokens_per_s"])
                     if not tty:
                         print(f"step {step}/{plan.total_steps} epoch {epoch_f:.2f} loss {rec['loss']:.4f} "
@@ -174,14 +191,16 @@ class Trainer:
                     value = m.get(self.watch)
                     rec = {"type": "eval", "split": "validation", "step": step, "epoch": epoch_f,
                            **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
-                    run.log_metrics(rec)
-                    for cb in self.callbacks:
-                        cb.on_evaluate(self, rec)
+                    if self.main:
+                        run.log_metrics(rec)
+                        for cb in self.callbacks:
+                            cb.on_evaluate(self, rec)
                     shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k in self.task.metric_names)
                     tqdm.write(f"[eval step {step}] {shown}") if tty else print(f"[eval step {step}] {shown}", flush=True)
                     if self._improved(value, state["best"]):
                         state.update(best=value, best_step=step, bad_evals=0)
-                        save_weights(self.model, run.best_ckpt)
+                        if self.main:
+                            save_weights(self.model, run.best_ckpt)
                     else:
                         state["bad_evals"] += 1
                         es = tc.early_stopping
@@ -193,7 +212,7 @@ class Trainer:
                             last = True
                     self.model.train()
                 do_save = (step % tc.save_every == 0) if tc.save_every else do_eval
-                if do_save and not last:
+                if do_save and not last and self.main:
                     save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
                 if last:
                     done = True

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import hardware
+from . import distributed, hardware
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
 from .data.split import split_rows
 from .errors import RunFailed, UserError
@@ -54,7 +54,7 @@ def load_splits(recipe: Recipe, base_dir: Path | None, task) -> tuple[Splits, di
 
 
 def _setup_threads(recipe: Recipe) -> None:
-    n = recipe.train.num_threads or hardware.physical_cores()
+    n = recipe.train.num_threads or max(1, hardware.physical_cores() // distributed.world()[1])
     torch.set_num_threads(n)
 
 
@@ -66,10 +66,24 @@ def _accelerator(precision: str):
     return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
 
 
-def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None,
+def train(recipe: Recipe | str | Path, **kwargs) -> "RunResult | dict | None":
+    """Run a recipe end to end; returns the run's results (None on non-zero ranks of a
+    multi-process run). Raises UserError for bad input."""
+    if not distributed.active():
+        return _train(recipe, **kwargs)
+    import contextlib
+    import os
+
+    distributed.init()
+    if distributed.is_main():
+        return _train(recipe, **kwargs)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        return _train(recipe, **kwargs)
+
+
+def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, base_dir: Path | None = None,
           force: bool = False, callbacks: list | None = None, dry_run: bool = False) -> "RunResult | dict":
-    """Run a recipe end to end; returns the run's results. Raises UserError for bad input."""
     name = "run"
     if isinstance(recipe, (str, Path)):
         name = Path(recipe).stem if Path(recipe).stem != "recipe" else Path(recipe).resolve().parent.name
@@ -124,19 +138,23 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
                  else hardware.describe()["cuda_device"])
         print(format_plan(plan, recipe, precision, where), flush=True)
         return plan
-    if overwrite and not resume and run.path.exists():
+    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
+    main = distributed.is_main()
+    if overwrite and not resume and run.path.exists() and main:
         # only now, with recipe, model and data checked: a bad input never costs the old run
         shutil.rmtree(run.path)
-    run.path.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    atomic_write_json(run.path / "audit.json", audit_result.as_dict())
     if resume:
         started = run.read_manifest().get("started", started)
-    else:
+    if not main:
+        return _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started, callbacks)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.path / "audit.json", audit_result.as_dict())
+    if not resume:
         atomic_write_text(run.recipe, recipe_to_yaml(recipe))
         for split_name in splits.held_out:
             write_jsonl(run.splits / f"{split_name}.jsonl", getattr(splits, split_name).records)
-    run.update_manifest(
+    run.update_manifest(nproc=distributed.world()[1],
         status="running", task=recipe.task, method=recipe.method, model=recipe.model,
         model_path=source.path, precision=precision, started=started, data=hashes,
         held_out={k: f"data/{k}.jsonl" for k in splits.held_out},  # relative to the run folder
@@ -224,7 +242,8 @@ def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, pr
              else hardware.describe()["cuda_device"])
     print(f"Data: {len(prepared.train)} train, {len(prepared.validation)} validation, {len(prepared.test)} test rows; "
           f"precision {precision} on {where}", flush=True)
-    run.update_manifest(parameters={"trainable": trainable, "total": total})
+    if distributed.is_main():
+        run.update_manifest(parameters={"trainable": trainable, "total": total})
 
     from .loop import Trainer
 
@@ -235,6 +254,8 @@ def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, pr
     print(f"Training {trainer.plan.total_steps} steps ({trainer.plan.steps_per_epoch} per epoch) -> {run.path}",
           flush=True)
     state = trainer.run_loop(resume=resume)
+    if not distributed.is_main():
+        return None  # rank 0 writes the model, evaluates and reports
     model = accelerator.unwrap_model(trainer.model)
     return finish_run(recipe, task, source, tokenizer, prepared, run, model, state, started)
 
