@@ -126,5 +126,5 @@ def bars_plot(names: list[str], series: dict[str, list[float]], ylabel: str, tit
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return _png(fig)
