@@ -77,7 +77,7 @@ def _metric_rows(result: dict) -> str:
     return "\n".join(rows)
 
 
-def write_report(run: RunDir, manifest: dict, result: dict) -> None:
+def write_report(run: RunDir, manifest: dict, result: dict, extra_sections: tuple[str, ...] = ()) -> None:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tuneline run report</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
@@ -132,5 +132,6 @@ def write_report(run: RunDir, manifest: dict, result: dict) -> None:
             parts.append("<tr>" + "".join(f"<td>{html.escape(str(s.get(k, '')))}</td>"
                                           for k in ("prompt", "reference", "tuned", "baseline")) + "</tr>")
         parts.append("</table>")
+    parts.extend(extra_sections)  # e.g. the search summary of the study this run won
     parts.append("</body></html>")
     atomic_write_text(run.report, "\n".join(parts))
