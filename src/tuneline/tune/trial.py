@@ -56,8 +56,8 @@ class TrialCallback(Callback):
         check, value = self._report(record)
         # The last check comes after all training is spent: nothing left to save by pruning.
         if record["step"] < self.total and self.trial.should_prune():
-            raise RunStopped("pruned", f"pruned at check {check}/{self.checks}: validation {self.metric} "
-                             f"{value:.4f} is weaker than the other trials at this point")
+            raise RunStopped("pruned", f"pruned at check {check}/{self.checks}: the pruner judged validation "
+                             f"{self.metric} {value:.4f} too weak to go on")
         self._check_deadline()
 
     def _check_deadline(self) -> None:
