@@ -16,6 +16,7 @@ import tuneline
 from tuneline.errors import UserError
 from tuneline.recipe import load_recipe
 from tuneline.tune.budget import parse_duration
+from tuneline.tune import tune
 from tuneline.tune.space import base_dict, build_space, trial_recipe
 
 TUNELINE = [sys.executable, "-m", "tuneline.cli"]
@@ -126,7 +127,7 @@ def test_budget_deadline_stops_a_running_trial(tmp_path, tiny_bert, cls_data):
 def test_study_best_recipe_report_and_resume(tmp_path, tiny_bert, cls_data, capsys):
     recipe = search_recipe(tmp_path, tiny_bert, cls_data)
     study_dir = tmp_path / "study"
-    result = tuneline.tune.tune(recipe, trials=3, output=study_dir)
+    result = tune(recipe, trials=3, output=study_dir)
     s = result.summary
     assert sum(s["counts"].values()) == 3 and s["counts"].get("complete", 0) >= 2
     best = result.best
@@ -156,20 +157,20 @@ def test_study_best_recipe_report_and_resume(tmp_path, tiny_bert, cls_data, caps
 
     # the same command with a higher target continues the study
     capsys.readouterr()
-    again = tuneline.tune.tune(recipe, trials=4, output=study_dir)
+    again = tune(recipe, trials=4, output=study_dir)
     assert "Resuming the study" in capsys.readouterr().out
     assert sum(again.summary["counts"].values()) == 4
     assert [r["number"] for r in again.summary["trials"]] == [0, 1, 2, 3]
     # a different recipe is refused instead of mixing two searches in one study
     with pytest.raises(UserError, match="different recipe or search"):
-        tuneline.tune.tune(recipe, trials=5, output=study_dir, overrides=["train.max_length=48"])
+        tune(recipe, trials=5, output=study_dir, overrides=["train.max_length=48"])
 
 
 def test_resume_after_kill9_continues_the_cut_trial(tmp_path, tiny_bert, cls_data):
-    recipe = search_recipe(tmp_path, tiny_bert, cls_data, {"pruner": "none"}, epochs=8, log_every=1)
+    recipe = search_recipe(tmp_path, tiny_bert, cls_data, {"pruner": "none"}, epochs=4, log_every=1)
     study_dir = tmp_path / "study"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [*TUNELINE, "tune", str(recipe), "--trials", "2", "-o", str(study_dir)]
+    cmd = [*TUNELINE, "tune", str(recipe), "--trials", "1", "-o", str(study_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = study_dir / "trials" / "trial-000" / "checkpoints" / "last" / "state.json"
     deadline = time.time() + 180
@@ -192,7 +193,7 @@ def test_resume_after_kill9_continues_the_cut_trial(tmp_path, tiny_bert, cls_dat
     assert retry["status"] == "complete" and retry["params"] == by_number[0]["params"]
     assert (study_dir / retry["folder"] / "run.json").exists() and not (study_dir / "trials" / "trial-000").exists()
     assert "Resuming from step" in (study_dir / "logs" / f"trial-{retry['number']:03d}.log").read_text()
-    assert sum(r["status"] in ("complete", "pruned") for r in s["trials"]) == 2
+    assert [r["status"] for r in s["trials"]] == ["interrupted", "complete"]  # --trials 1: only the retry ran
 
 
 def test_nproc_workers_share_the_study(tmp_path, tiny_bert, cls_data):
