@@ -44,6 +44,7 @@ def objective_plot(summary: dict) -> str | None:
     if cut:
         ax.plot(*zip(*cut), "x", color="tab:red", label="pruned (value at its last check)")
     ax.set_xlabel("trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(f"validation {summary['metric']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -68,6 +69,7 @@ def checks_plot(summary: dict) -> str | None:
         ax.plot([int(k) for k in best["intermediate"]], list(best["intermediate"].values()), "o-",
                 color="tab:green", lw=2, label=f"best (trial {best['number']})")
         ax.legend(fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("check (share of the trial's training, in evals_per_trial parts)")
     ax.set_ylabel(f"validation {summary['metric']}")
     ax.grid(alpha=0.3)
@@ -102,7 +104,7 @@ def study_section(summary: dict, prefix: str) -> str:
                      + f"; its recipe: <a href='{prefix}{best['recipe_file']}'>{best['recipe_file']}</a></p>")
         parts.append("<table><tr><th>key</th><th>best value</th><th>searched</th></tr>" + "".join(
             f"<tr><td>{html.escape(k)}</td><td>{_v(best['params'].get(k))}</td>"
-            f"<td>{html.escape(json.dumps(summary['space'][k]))}</td></tr>" for k in keys) + "</table>")
+            f"<td>{html.escape(json.dumps({a: b for a, b in summary['space'][k].items() if b is not None}))}</td></tr>" for k in keys) + "</table>")
     for title, img in (("Objective over trials", objective_plot(summary)),
                        ("Validation checks per trial", checks_plot(summary))):
         if img:
