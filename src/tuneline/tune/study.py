@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
