@@ -48,6 +48,11 @@ def train(
               dry_run=dry_run)
 
 
+from .cli_tune import tune as _tune  # noqa: E402  (own module: merge-friendly)
+
+app.command("tune")(_tune)
+
+
 @data_app.command("check")
 def data_check(
     train_file: Path = typer.Argument(..., help="training rows (.jsonl .csv .tsv .parquet or datasets folder)"),

@@ -11,3 +11,12 @@ class RunFailed(Exception):
     """Something broke while running a correct recipe (exit code 1)."""
 
     exit_code = 1
+
+
+class RunStopped(Exception):
+    """A callback ended a run on purpose (a pruned search trial, a spent time budget): not a failure.
+    The run folder is marked with `status` (e.g. "pruned") and the reason."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status

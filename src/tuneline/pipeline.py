@@ -14,7 +14,7 @@ import yaml
 from . import distributed, hardware
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
 from .data.split import split_rows
-from .errors import RunFailed, UserError
+from .errors import RunFailed, RunStopped, UserError
 from .methods import apply_method, count_parameters
 from .models import resolve_model, load_tokenizer
 from .recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
@@ -170,6 +170,9 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
         raise
     except UserError as e:
         run.update_manifest(status="failed", ended=time.time(), error=str(e))
+        raise
+    except RunStopped as e:  # stopped on purpose by a callback (e.g. a pruned search trial)
+        run.update_manifest(status=e.status, ended=time.time(), error=None, stopped=str(e))
         raise
     except Exception as e:
         run.update_manifest(status="failed", ended=time.time(), error=f"{type(e).__name__}: {e}",

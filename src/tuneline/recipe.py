@@ -112,6 +112,46 @@ class EvalOptions(_Strict):
     counterfactual_samples: int = Field(50, ge=1, description="cap on rows generated twice (generate task)")
 
 
+class SearchParam(_Strict):
+    """One searched key: a range (low/high, optional log scale or step) or a list of choices."""
+
+    low: Optional[float | int] = None
+    high: Optional[float | int] = None
+    log: Optional[bool] = Field(None, description="sample on a log scale; default true for learning rates")
+    step: Optional[float | int] = Field(None, gt=0, description="grid step inside the range")
+    choices: Optional[list[Any]] = Field(None, min_length=1, description="values to pick from (any type)")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchParam":
+        has_range = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if has_range or self.log or self.step is not None:
+                raise ValueError("give either choices, or low/high (with log or step), not both")
+        elif self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices (a list)")
+        elif self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        elif self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+
+class SearchConfig(_Strict):
+    """Hyperparameter search (`tuneline tune`); `tuneline train` ignores it."""
+
+    space: dict[str, SearchParam] = Field(min_length=1, description="recipe key (e.g. train.lr) -> range or choices")
+    metric: Optional[str] = Field(None, description="validation metric to optimise; default: the one training watches")
+    direction: Optional[Literal["maximize", "minimize"]] = Field(None, description="default: minimize loss-like metrics")
+    trials: int = Field(20, ge=1, description="trials in the study (tune --trials overrides)")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="stops weak trials early")
+    evals_per_trial: int = Field(4, ge=1, description="validation checks per trial the pruner judges at")
+    startup_trials: int = Field(4, ge=0, description="random trials before TPE and before any pruning")
+    seed: Optional[int] = Field(None, description="sampler seed; default train.seed")
+    keep_models: Literal["best", "all"] = Field("best", description="best: delete other trials' weights")
+
+
 DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}
 
 
@@ -129,6 +169,7 @@ class Recipe(_Strict):
     eval: EvalOptions = EvalOptions()
     output: Optional[str] = Field(None, description="run folder; default runs/<recipe name>")
     trust_remote_code: bool = False
+    search: Optional[SearchConfig] = Field(None, description="hyperparameter search for tuneline tune")
 
     @model_validator(mode="after")
     def _default_lr(self) -> "Recipe":

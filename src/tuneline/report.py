@@ -265,7 +265,8 @@ def run_section(run: RunDir, manifest: dict) -> list[str]:
     return out
 
 
-def write_report(run: RunDir | str) -> None:
+def write_report(run: RunDir | str, extra_sections: tuple[str, ...] = ()) -> None:
+    """extra_sections: HTML blocks added before the audit (e.g. the search study this run won)."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     manifest = run.read_manifest()
     result = read_json(run.eval_file)
@@ -290,6 +291,7 @@ def write_report(run: RunDir | str) -> None:
             parts += samples_section(result, read_jsonl(run.path / "predictions.jsonl"))
         parts += slices_section(result)
         parts += counterfactual_section(result)
+    parts.extend(extra_sections)
     parts += audit_section(run)
     parts += run_section(run, manifest)
     parts.append("</body></html>")
