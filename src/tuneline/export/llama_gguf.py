@@ -208,10 +208,15 @@ def write_gguf(model, tokenizer, model_dir: Path, path: Path, quantization: str,
 
 def load_back(path: Path):
     """Model and tokenizer through Transformers' GGUF loader (dequantized to fp32)."""
+    import contextlib
+    import io
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    # The loader draws its own progress bar on stderr, past Transformers' switch for them.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     return model.eval(), tok
 
 

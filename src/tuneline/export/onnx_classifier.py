@@ -46,6 +46,7 @@ def _need_onnx():
 def write_onnx(model, path: Path, max_positions: int) -> None:
     import contextlib
     import io
+    import logging
 
     model = model.eval()
     example = torch.tensor([[101, 2023, 2003, 102, 0, 0], [101, 2307, 2000, 2023, 2003, 102]])
@@ -54,11 +55,18 @@ def write_onnx(model, path: Path, max_positions: int) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=max_positions)
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    # the exporter reports each stage on stdout; our own progress line is enough
-    with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(_Logits(model), (), kwargs={"input_ids": example, "attention_mask": mask},
-                                    input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                                    dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
+    # The exporter reports each stage on stdout and warns about torchvision ops a text model
+    # never uses; our own progress line is enough.
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(_Logits(model), (), kwargs={"input_ids": example, "attention_mask": mask},
+                                        input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                                        dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
+    finally:
+        onnx_log.setLevel(level)
     program.save(str(path), external_data=False)
 
 
