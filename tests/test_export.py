@@ -215,6 +215,38 @@ def test_gguf_round_trip_through_transformers_loader(chat_run, tmp_path):
     assert "PARAMETER num_predict 6" in modelfile and "PARAMETER temperature 0" in modelfile
 
 
+def test_llama_cpp_loads_the_gguf_and_answers_like_the_run(chat_run, tmp_path):
+    """llama.cpp itself, where llama-cpp-python is installed (not a CI dependency: it builds from source)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+    import torch
+
+    from tuneline.export.compare import LogitsAgreement, causal_logits
+    from tuneline.export.source import open_source
+
+    export_run(chat_run, "gguf", tmp_path / "gguf")
+    source = open_source(chat_run)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "gguf" / "model-f16.gguf"), n_ctx=256, logits_all=True,
+                          verbose=False, n_threads=2)
+    agreement = LogitsAgreement()
+    for ids in source.sample_token_ids(6, 128):
+        text = source.loaded.tokenizer.decode(ids)
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        llm.reset()
+        llm.eval(ids)
+        ours = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        agreement.add(causal_logits(source.loaded.model, ids), ours)
+    fig = agreement.result()
+    assert fig["mean_kl"] < 1e-3 and fig["top1_agreement"] >= 0.95, fig
+    # the chat template travels in the GGUF: llama.cpp renders the conversation as the run does
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "what is the code for red item 3?"}]
+    chat = llama_cpp.Llama(model_path=str(tmp_path / "gguf" / "model-f16.gguf"), n_ctx=256, verbose=False, n_threads=2)
+    answer = chat.create_chat_completion(messages=messages, max_tokens=6, temperature=0.0, top_k=1)
+    # a random tiny model emits stray UTF-8 byte tokens: Transformers shows them as U+FFFD, llama.cpp drops them
+    expected = source.loaded.generate(messages[1:]).replace("\ufffd", "")
+    assert answer["choices"][0]["message"]["content"].strip() == expected
+
+
 def test_qk_permutation_is_what_transformers_gguf_loader_undoes():
     import numpy as np
     import torch
