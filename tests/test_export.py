@@ -98,7 +98,7 @@ def cls_run(tmp_path_factory, tiny_bert) -> Path:
 
 def card_code(folder: Path) -> str:
     """The first Python block of the export's model card."""
-    return re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S)[0]
+    return re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.DOTALL)[0]
 
 
 def run_without_tuneline(code: str, cwd: Path) -> str:
@@ -199,7 +199,10 @@ def test_gguf_round_trip_through_transformers_loader(chat_run, tmp_path):
     assert_manifest_hashes(out, manifest)
 
     reader = GGUFReader(str(out / "model-q8_0.gguf"))
-    field = lambda key: reader.fields[key].contents()  # noqa: E731
+
+    def field(key):
+        return reader.fields[key].contents()
+
     assert field("general.architecture") == "llama" and field("llama.block_count") == 2
     assert field("llama.attention.head_count_kv") == 2
     assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "gpt-2"

@@ -98,8 +98,8 @@ def export_section(fmt: str, source, manifest: dict) -> str:
     return "\n".join([
         f"## This export ({fmt})",
         "",
-        f"Written by `tuneline export` from the run `{source.path.name}`; `manifest.json` lists every file with "
-        "its sha256, the source run's file hashes and the figures below.",
+        (f"Written by `tuneline export` from the run `{source.path.name}`; `manifest.json` lists every file "
+         "with its sha256, the source run's file hashes and the figures below."),
         "",
         usage(fmt, source.task, source.info, manifest),
         "",
@@ -150,8 +150,9 @@ def own_card(fmt: str, source, manifest: dict) -> str:
         "## Training",
         "",
         *data_lines,
-        f"- {f'{t.max_steps} steps' if t.max_steps else f'{t.epochs:g} epochs'}, lr {t.lr:g}, batch {t.batch_size}, max length {t.max_length}, seed {t.seed}; "
-        f"{run_json.get('steps', '?')} optimizer steps, best at {run_json.get('best_step', '?')}",
+        (f"- {f'{t.max_steps} steps' if t.max_steps else f'{t.epochs:g} epochs'}, lr {t.lr:g}, "
+         f"batch {t.batch_size}, max length {t.max_length}, seed {t.seed}; "
+         f"{run_json.get('steps', '?')} optimizer steps, best at {run_json.get('best_step', '?')}"),
         "",
         "## Limitations",
         "",

@@ -64,7 +64,7 @@ def _decoding_defaults(source, out: Path) -> None:
     eos = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
     eos.discard(None)
     cfg.update(max_new_tokens=g.get("max_new_tokens", 128), do_sample=bool(g.get("temperature")),
-               eos_token_id=sorted(eos)[0] if len(eos) == 1 else sorted(eos), pad_token_id=tok.pad_token_id)
+               eos_token_id=min(eos) if len(eos) == 1 else sorted(eos), pad_token_id=tok.pad_token_id)
     if g.get("temperature"):
         cfg.update(temperature=g["temperature"], top_p=g.get("top_p", 1.0))
     else:
