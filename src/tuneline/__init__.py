@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "load_run", "evaluate", "load_recipe", "UserError", "RunFailed", "__version__"]
+__all__ = ["train", "load_run", "evaluate", "load_recipe", "export_run", "UserError", "RunFailed", "__version__"]
 
 from .errors import RunFailed, UserError
 
@@ -38,3 +38,12 @@ def load_recipe(path, overrides=None):
     from .recipe import load_recipe as _load
 
     return _load(path, overrides)[0]
+
+
+
+def export_run(run_path, format, out, **kwargs) -> dict:
+    """Export a finished run as hf | gguf | onnx into `out`; returns the manifest. (Not named
+    `export`: the subpackage tuneline.export would shadow it once imported.)"""
+    from .export import export_run as _export_run
+
+    return _export_run(run_path, format, out, **kwargs)

@@ -232,6 +232,11 @@ def compare(
     print(f"\nComparison: {out}")
 
 
+from .cli_export import export as _export  # noqa: E402
+
+app.command("export")(_export)
+
+
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json")):
     """Built-in models that work offline."""

@@ -1,0 +1,171 @@
+"""The model card (README.md) every export carries.
+
+A run that already has a MODEL_CARD.md keeps its own card, with a section about this export
+appended; otherwise the card is written here from the run's files: what was tuned on what,
+the test metrics next to the baseline, how to load this export, and how close it is to the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..cli_format import HEADLINE
+from ..models import CATALOG
+
+PIPELINE_TAG = {"classify": "text-classification", "generate": "text-generation"}
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def metrics_table(ev: dict | None) -> str:
+    if not ev:
+        return "_No eval.json in the run folder._"
+    tuned, base = ev.get("tuned", {}), ev.get("baseline", {})
+    kind = base.get("kind", "baseline").replace("_", " ")
+    rows = [f"| metric | tuned | baseline ({kind}) |", "| --- | --- | --- |"]
+    rows += [f"| {k} | {_fmt(tuned.get(k))} | {_fmt(base.get(k))} |"
+             for k in HEADLINE.get(ev.get("task"), ()) if k in tuned or k in base]
+    return f"On {ev.get('n', '?')} held-out test rows:\n\n" + "\n".join(rows)
+
+
+def usage(fmt: str, task: str, info: dict, manifest: dict) -> str:
+    """How to load this export, with nothing of tuneline installed."""
+    system = (info.get("generate") or {}).get("system_prompt")
+    if fmt == "hf" and task == "classify":
+        return ("```python\nfrom transformers import pipeline\n\n"
+                "classify = pipeline(\"text-classification\", model=\".\")  # this folder\n"
+                "print(classify([\"Arrived quickly and works perfectly.\"]))\n```")
+    if fmt == "hf":
+        sys_line = f"    {{\"role\": \"system\", \"content\": {json.dumps(system)}}},\n" if system else ""
+        return ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                "tok = AutoTokenizer.from_pretrained(\".\")  # this folder\n"
+                "model = AutoModelForCausalLM.from_pretrained(\".\")\n"
+                f"messages = [\n{sys_line}    {{\"role\": \"user\", \"content\": \"Hello!\"}},\n]\n"
+                "inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+                "return_dict=True)\n"
+                "out = model.generate(**inputs)  # generation_config.json holds the run's decoding options\n"
+                "print(tok.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```\n\n"
+                "The PEFT adapter alone is in `adapter/` (`PeftModel.from_pretrained(base, \"adapter\")`)."
+                if info.get("adapter_dir") else "")
+    if fmt == "gguf":
+        first = next(f for f in manifest["files"] if f.endswith(".gguf"))
+        return ("```bash\nollama create my-model -f Modelfile && ollama run my-model   # Ollama\n"
+                f"llama-cli -m {first} -cnv                                   # llama.cpp\n```\n\n"
+                "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer  # needs the gguf package\n\n"
+                f"model = AutoModelForCausalLM.from_pretrained(\".\", gguf_file=\"{first}\")\n"
+                f"tok = AutoTokenizer.from_pretrained(\".\", gguf_file=\"{first}\")\n```"
+                + (f"\n\nThe run's system prompt (in the Modelfile as SYSTEM): {json.dumps(system)}" if system else ""))
+    return ("```python\nimport json\n\nimport numpy as np\nimport onnxruntime as ort\nfrom tokenizers import Tokenizer\n\n"
+            "meta = json.load(open(\"labels.json\"))\n"
+            "tok = Tokenizer.from_file(\"tokenizer.json\")\n"
+            "tok.enable_truncation(meta[\"max_length\"])\n"
+            "tok.enable_padding(pad_id=tok.token_to_id(json.load(open(\"tokenizer_config.json\"))[\"pad_token\"]))\n"
+            "texts = [\"Arrived quickly and works perfectly.\"]\n"
+            "enc = tok.encode_batch(texts)\n"
+            "feed = {\"input_ids\": np.array([e.ids for e in enc], dtype=np.int64),\n"
+            "        \"attention_mask\": np.array([e.attention_mask for e in enc], dtype=np.int64)}\n"
+            "logits = ort.InferenceSession(\"model.onnx\").run([\"logits\"], feed)[0]\n"
+            "print([meta[\"labels\"][i] for i in logits.argmax(-1)])\n```")
+
+
+def parity_lines(parity: dict) -> list[str]:
+    out = []
+    for name, fig in parity.items():
+        if not fig.get("checked", True):
+            out.append(f"- `{name}`: not checked ({fig.get('why')})")
+            continue
+        verdict = "within" if fig.get("passed") else "OUTSIDE"
+        if "label_agreement" in fig:
+            what = (f"same label on {fig['same_label']}/{fig['rows']} rows, max probability difference "
+                    f"{fig['max_prob_diff']:.2e}")
+        else:
+            what = (f"top-1 token agreement {fig['top1_agreement']:.4f} over {fig['positions']} positions, "
+                    f"mean KL {fig['mean_kl']:.2e}, max |logit diff| {fig['max_abs_diff']:.3g} "
+                    f"(logits up to {fig['max_abs_logit']:.3g})")
+            if "tokenizer" in fig:
+                t = fig["tokenizer"]
+                what += f", tokenizer ids identical on {t['identical_ids']}/{t['texts']} texts"
+        tol = ", ".join(f"{k} {v}" for k, v in fig.get("tolerance", {}).items())
+        out.append(f"- `{name}`: {what}; {verdict} tolerance ({tol})")
+    return out
+
+
+def export_section(fmt: str, source, manifest: dict) -> str:
+    compared = manifest.get("details", {}).get("compared_on", "")
+    return "\n".join([
+        f"## This export ({fmt})",
+        "",
+        (f"Written by `tuneline export` from the run `{source.path.name}`; `manifest.json` lists every file "
+         "with its sha256, the source run's file hashes and the figures below."),
+        "",
+        usage(fmt, source.task, source.info, manifest),
+        "",
+        f"Agreement with the run's own model ({compared}):",
+        "",
+        *parity_lines(manifest["parity"]),
+        "",
+    ])
+
+
+def own_card(fmt: str, source, manifest: dict) -> str:
+    info, recipe = source.info, source.loaded.recipe
+    base = info.get("base_model", "?")
+    entry = CATALOG.get(base)
+    hub = entry.hub_id if entry else (base if base.count("/") == 1 else None)
+    front = ["---", f"library_name: {'gguf' if fmt == 'gguf' else ('onnx' if fmt == 'onnx' else 'transformers')}",
+             f"pipeline_tag: {PIPELINE_TAG[source.task]}", f"tags: [tuneline, {info.get('method')}]"]
+    if hub:
+        front.append(f"base_model: {hub}")
+    if entry:
+        front.append(f"license: {entry.license.lower()}")
+    front.append("---")
+    run_json = source.loaded.run.read_manifest()
+    what = (f"labels: {', '.join(info['labels'])}" if source.task == "classify"
+            else "chat answers" + (f" under the system prompt {json.dumps(info['generate']['system_prompt'])}"
+                                   if (info.get("generate") or {}).get("system_prompt") else ""))
+    data_lines = [f"- {split}: `{Path(d.get('path', '?')).name}` (sha256 `{d.get('sha256', '?')[:16]}...`)"
+                  for split, d in (run_json.get("data") or {}).items()]
+    rows = run_json.get("rows")
+    if rows:
+        data_lines.append("- rows: " + ", ".join(f"{k} {v}" for k, v in rows.items()))
+    t = recipe.train
+    notes = []
+    if entry and entry.gguf:
+        notes.append(f"- The built-in `{base}` is the {entry.gguf} file (Q4_1) dequantized, a lossy copy of "
+                     f"`{entry.hub_id}`; this model was tuned on that copy.")
+    notes.append("- Measured only on the held-out test split above; check it on your own data before relying on it.")
+    return "\n".join(front + [
+        "",
+        f"# {source.path.name}",
+        "",
+        f"`{base}` fine-tuned with tuneline for **{source.task}** ({what}), method **{info.get('method')}**.",
+        "",
+        "## Evaluation",
+        "",
+        metrics_table(source.eval_result()),
+        "",
+        "## Training",
+        "",
+        *data_lines,
+        (f"- {f'{t.max_steps} steps' if t.max_steps else f'{t.epochs:g} epochs'}, lr {t.lr:g}, "
+         f"batch {t.batch_size}, max length {t.max_length}, seed {t.seed}; "
+         f"{run_json.get('steps', '?')} optimizer steps, best at {run_json.get('best_step', '?')}"),
+        "",
+        "## Limitations",
+        "",
+        *notes,
+        "",
+        export_section(fmt, source, manifest),
+    ])
+
+
+def model_card(fmt: str, source, manifest: dict) -> tuple[str, str]:
+    """(card text, where it came from)."""
+    theirs = source.path / "MODEL_CARD.md"
+    if theirs.is_file():
+        return (theirs.read_text(encoding="utf-8").rstrip() + "\n\n" + export_section(fmt, source, manifest),
+                "the run's MODEL_CARD.md, with this export's section appended")
+    return own_card(fmt, source, manifest), "written by tuneline export from the run folder"
