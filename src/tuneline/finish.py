@@ -10,6 +10,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from .checkpoint import load_trainable_state
+from .guard import assert_finite
 from .methods import PEFT_METHODS
 from .runs import RunDir, atomic_write_json, replace_dir
 
@@ -71,6 +72,7 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
         print(f"Restored the best checkpoint (step {state['best_step']}, validation {state['metric']} "
               f"{state['best']:.4f}).", flush=True)
     model.eval()
+    assert_finite(model)
     final, merged = save_final_model(model, tokenizer, recipe, run)
     info = run_info(recipe, source, prepared.labels, merged,
                     task.majority(prepared.train.labels) if prepared.labels else None)
