@@ -10,6 +10,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from .checkpoint import load_trainable_state
+from .diagnose import diagnose_run, format_findings, write_diagnostics
 from .guard import assert_finite
 from .methods import PEFT_METHODS
 from .runs import RunDir, atomic_write_json, replace_dir
@@ -93,8 +94,11 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
         test_eval_seconds=round(eval_seconds, 2),
     )
     shutil.rmtree(run.last_ckpt, ignore_errors=True)  # optimizer state is only needed to resume
+    findings = diagnose_run(run, recipe, task, state)
+    write_diagnostics(run, findings)  # before the report, which shows them
     write_report(run, manifest, result)
     print_summary(result, run)
+    print("\n" + format_findings(findings), flush=True)
     return RunResult(run.path, result)
 
 
