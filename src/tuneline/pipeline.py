@@ -20,6 +20,7 @@ from .models import resolve_model, load_tokenizer
 from .recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
 from .runs import RunDir, atomic_write_json, atomic_write_text, package_versions
 from .tasks import get_task
+from .trackers import check_available as check_trackers, tracking
 
 
 @dataclass
@@ -102,6 +103,7 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
     if recipe.train.early_stopping and recipe.train.early_stopping.metric not in task.metric_names:
         raise UserError(f"train.early_stopping.metric: {recipe.train.early_stopping.metric!r} is not a "
                         f"{recipe.task} metric; allowed: {', '.join(task.metric_names)}")
+    check_trackers(recipe)
     _setup_threads(recipe)
     precision = hardware.resolve_precision(recipe.train.precision)
     source = resolve_model(recipe.model, base_dir)
@@ -135,8 +137,9 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
         versions=package_versions(), hardware=hardware.describe(), error=None,
     )
     try:
-        result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started,
-                                   callbacks)
+        with tracking(recipe, run) as trackers:
+            result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started,
+                                       [*(callbacks or []), *trackers])
     except KeyboardInterrupt:
         run.update_manifest(status="interrupted", ended=time.time(),
                             error="interrupted; continue with --resume")
