@@ -13,6 +13,7 @@ import yaml
 
 from . import hardware
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
+from .data.replay import load_replay
 from .data.split import split_rows
 from .errors import RunFailed, UserError
 from .methods import apply_method, count_parameters
@@ -109,6 +110,9 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
     source = resolve_model(recipe.model, base_dir)
     tokenizer = load_tokenizer(source.path, recipe.trust_remote_code)
     splits, hashes = load_splits(recipe, base_dir, task)
+    replay = load_replay(recipe, tokenizer, base_dir, len(splits.train)) if recipe.train.replay else None
+    if replay:
+        hashes["replay"] = replay.source  # in run.json, and checked on resume like the data files
     if resume:
         old = run.read_manifest().get("data", {})
         changed = [k for k, v in hashes.items() if old.get(k, {}).get("sha256") != v["sha256"]]
@@ -117,6 +121,8 @@ def train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, ou
 
     audit_result = run_audit(recipe, splits, tokenizer, force)
     prepared = task.prepare(splits, recipe, tokenizer)
+    if replay:
+        prepared.train = replay.mix_into(prepared.train)
     if overwrite and not resume and run.path.exists():
         # only now, with recipe, model and data checked: a bad input never costs the old run
         shutil.rmtree(run.path)
