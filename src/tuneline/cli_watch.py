@@ -35,3 +35,22 @@ def diagnose(
                             "message": f"training diverged at step {diverged['step']}: {diverged['reason']}",
                             "advice": "lower train.lr or raise train.warmup_ratio"})
     print(json.dumps(findings, indent=2) if as_json else format_findings(findings))
+
+
+@models_app.command("info")
+def models_info(
+    name: str = typer.Argument(..., help="catalog alias, local folder, .gguf file or hub id"),
+    batch: int = typer.Option(8, "--batch", min=1, help="batch size for the memory estimate"),
+    length: int = typer.Option(512, "--length", min=8, help="sequence length for the memory estimate"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (activations)"),
+    lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank for the estimate"),
+    task: str = typer.Option(None, "--task", help="classify | generate (default: from the architecture)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Architecture, parameters, context length, chat template, license and estimated training memory."""
+    from .model_info import format_info, model_info
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"--precision: {precision!r}; allowed: fp32, bf16, fp16")
+    info = model_info(name, batch=batch, length=length, precision=precision, lora_r=lora_r, task=task)
+    print(json.dumps(info, indent=2) if as_json else format_info(info))

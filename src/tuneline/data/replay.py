@@ -57,8 +57,10 @@ def text_blocks(texts: list[str], tokenizer, max_length: int) -> list[list[int]]
 
 
 def read_paragraphs(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    """Paragraphs separated by blank lines; a file without blank lines has one per line (WikiText)."""
+    text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+    parts = text.split("\n\n") if "\n\n" in text.strip() else text.split("\n")
+    return [p.strip() for p in parts if p.strip()]
 
 
 def _encode_pool(path: Path, recipe, tokenizer) -> tuple[list[list[int]], list[list[int]], list[str], str]:
