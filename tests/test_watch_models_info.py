@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tuneline.errors import UserError
-from tuneline.model_info import GIB, RUNTIME_BYTES, model_info
+from tuneline.model_info import GIB, RUNTIME_BYTES, format_info, model_info
 
 
 def test_decoder_info_and_memory_formula(tiny_llama):
@@ -67,9 +67,9 @@ def test_cli_prints_and_rejects_bad_input(tiny_llama):
     data = json.loads(out.stdout)
     assert data["memory"]["batch"] == 2 and [m["method"] for m in data["memory"]["methods"]] == \
         ["full", "lora r=8", "freeze"]
-    text = subprocess.run([sys.executable, "-m", "tuneline", "models", "info", str(tiny_llama)],
-                          capture_output=True, text=True, timeout=120)
-    assert "Estimated training memory, batch 8 x length 512" in text.stdout and "chat template" in text.stdout
+    text = format_info(data)
+    assert "Estimated training memory, batch 2 x length 32" in text and "chat template" in text
+    assert "lora r=8" in text and "context length  256 tokens" in text
     bad = subprocess.run([sys.executable, "-m", "tuneline", "models", "info", "no-such-model"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error: model: 'no-such-model'" in bad.stderr
