@@ -3,9 +3,6 @@ overfit (tiny data with random labels, many epochs)."""
 
 import json
 import random
-import subprocess
-import sys
-
 import pytest
 
 import tuneline
@@ -76,11 +73,11 @@ def test_planted_overfit_is_reported_in_run_folder_and_output(tmp_path, tiny_ber
         return [{**r, "label": rng.choice(["positive", "negative", "neutral"])} for r in rows]
 
     data = {name: write_jsonl(tmp_path / f"{name}.jsonl", noisy(n, s))
-            for name, n, s in (("train", 40, 1), ("validation", 30, 2), ("test", 30, 3))}
+            for name, n, s in (("train", 40, 1), ("validation", 24, 2), ("test", 12, 3))}
     recipe = write_recipe(tmp_path / "overfit.yaml", task="classify", model=str(tiny_bert), method="full",
                           data={k: str(v) for k, v in data.items()},
-                          train={"epochs": 15, "lr": 3e-3, "batch_size": 8, "max_length": 32, "log_every": 2,
-                                 "seed": 7, "warmup_ratio": 0.0})
+                          train={"epochs": 15, "lr": 5e-3, "scheduler": "constant", "warmup_ratio": 0.0,
+                                 "batch_size": 8, "max_length": 32, "log_every": 2, "seed": 7})
     result = tuneline.train(recipe, output=tmp_path / "run", force=True)
     out = capsys.readouterr().out
     findings = json.loads((result.path / "diagnostics.json").read_text())
@@ -91,7 +88,10 @@ def test_planted_overfit_is_reported_in_run_folder_and_output(tmp_path, tiny_ber
     assert manifest["status"] == "completed" and "overfitting" in manifest["diagnostics"]
     assert "Diagnostics:" in out and "what to change" in out
     # the same answer later, from the folder alone
-    cli = subprocess.run([sys.executable, "-m", "tuneline", "diagnose", str(result.path), "--json"],
-                         capture_output=True, text=True, timeout=120)
-    assert cli.returncode == 0, cli.stderr
+    from typer.testing import CliRunner
+
+    from tuneline.cli import app
+
+    cli = CliRunner().invoke(app, ["diagnose", str(result.path), "--json"])
+    assert cli.exit_code == 0, cli.output
     assert json.loads(cli.stdout) == findings

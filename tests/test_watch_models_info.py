@@ -61,9 +61,12 @@ def test_encoder_is_a_classifier_with_a_license_from_its_card(tiny_bert, tmp_pat
 
 
 def test_cli_prints_and_rejects_bad_input(tiny_llama):
-    out = subprocess.run([sys.executable, "-m", "tuneline", "models", "info", str(tiny_llama), "--batch", "2",
-                          "--length", "32", "--json"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    from typer.testing import CliRunner
+
+    from tuneline.cli import app
+
+    out = CliRunner().invoke(app, ["models", "info", str(tiny_llama), "--batch", "2", "--length", "32", "--json"])
+    assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["memory"]["batch"] == 2 and [m["method"] for m in data["memory"]["methods"]] == \
         ["full", "lora r=8", "freeze"]
