@@ -12,14 +12,19 @@ Memory estimate (one process, AdamW, the loop of this project), in bytes:
                                                residuals (8h + 2 d_kv) and the MLP (m = 4 gated, 2 plain)
                + 2 * heads * S                 attention probabilities, only when attention dropout > 0
                                                (otherwise SDPA never materialises them)
-               + sum(in + r) / L               LoRA/DoRA with dropout: PEFT keeps a dropped-out copy of
-                                               every adapted layer's input, and the rank-r output
+               + sum(in + out + r) / L         LoRA/DoRA with dropout: PEFT keeps a dropped-out copy of
+                                               every adapted layer's input and the rank-r output; the
+                                               `out` term is a measured correction (see below)
     e          = 4 (fp32) or 2 (bf16/fp16 autocast)
     logits     = B * S * V * 12                generate: fp32 logits, log-softmax and gradient; an upper
                                                bound (the loop computes them at labelled positions only)
   runtime      = 1 GiB                          Python, PyTorch, tokenizer, data
 
 B = batch, S = length, L = blocks, h = hidden size, i = MLP size, d_kv = key/value width, V = vocab.
+
+Checked against the peak RSS of real runs (SmolLM2-135M, batch 4 x length 256, 4 steps, Dolly rows
+longer than 256 tokens, `/usr/bin/time -v tuneline train`): full 4.46 GiB measured vs 4.85 estimated,
+LoRA r=8 5.18 vs 4.55, freeze 1.79 vs 2.23. Treat it as +-25 %.
 """
 
 from __future__ import annotations
@@ -89,7 +94,9 @@ def _method_costs(path, config, task: str, method: str, lora_r: int, batch: int,
     if method in ("lora", "dora") and recipe.lora.dropout > 0:
         from peft.tuners.lora import LoraLayer
 
-        per_token += sum(m.in_features + lora_r for m in model.modules()
+        # in + r: the dropped-out input copy and the rank-r output; + out: measured, not derived
+        # (without it the estimate was 1.2 GiB / 23 % under the peak RSS of SmolLM2 LoRA at 4 x 256)
+        per_token += sum(m.in_features + m.out_features + lora_r for m in model.modules()
                          if isinstance(m, LoraLayer) and hasattr(m, "in_features"))
     tokens = batch * length
     activations = tokens * per_token * act_bytes
