@@ -87,6 +87,14 @@ def test_loss_climbing_far_above_its_minimum_stops(tmp_path):
     assert json.loads((tmp_path / "run.json").read_text())["diverged"]["step"] == stopped
 
 
+def test_a_loss_that_explodes_at_once_stops_at_min_steps(tmp_path):
+    guard, state = _guard(tmp_path, loss_ratio=3.0, min_steps=10), {}
+    losses = [1.1, 20.0, 60.0, 75.0, 80.0, 90.0, 100.0, 120.0, 150.0, 200.0, 250.0]
+    with pytest.raises(RunFailed, match=r"diverged at step 10: the smoothed training loss is .*x the starting loss 1.1"):
+        for step, loss in enumerate(losses, 1):
+            guard.observe(loss, step, state)
+
+
 def test_noisy_converging_loss_and_small_wiggles_near_zero_do_not_stop(tmp_path):
     guard, state = _guard(tmp_path), {}
     g = torch.Generator().manual_seed(0)

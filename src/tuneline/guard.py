@@ -57,6 +57,10 @@ class DivergenceGuard:
         if g["ema"] > self.cfg.loss_ratio * g["min_ema"] and g["ema"] > g["start"]:
             self.fail(f"the smoothed training loss rose to {g['ema']:.4g}, {g['ema'] / g['min_ema']:.1f}x its "
                       f"minimum {g['min_ema']:.4g} and above the starting loss {g['start']:.4g}", step, state)
+        # A loss that exploded within the first steps has no lower minimum to compare with.
+        if g["ema"] > self.cfg.loss_ratio * g["start"]:
+            self.fail(f"the smoothed training loss is {g['ema']:.4g}, {g['ema'] / g['start']:.1f}x the starting "
+                      f"loss {g['start']:.4g}", step, state)
 
     def check_eval(self, record: dict, state: dict) -> None:
         loss = record.get("loss")

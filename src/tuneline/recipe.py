@@ -50,7 +50,7 @@ class ReplayConfig(_Strict):
 class DivergenceConfig(_Strict):
     enabled: bool = Field(True, description="stop on a non-finite loss or gradient, or a loss far above its minimum")
     loss_ratio: float = Field(3.0, gt=1, description="stop when the smoothed loss exceeds this many times its "
-                              "running minimum and also the loss the run started from")
+                              "running minimum and the starting loss, or this many times the starting loss")
     min_steps: int = Field(10, ge=1, description="steps before the loss-rise check starts (warm-up noise)")
 
 
