@@ -52,7 +52,7 @@ def _advice(recipe, best_epoch: float, train_rows: int | None) -> str:
     if tc.early_stopping is None:
         tips.append("or stop early (train.early_stopping: {metric: loss, patience: 2})")
     if tc.dropout is None or tc.dropout < 0.3:
-        tips.append(f"more dropout (train.dropout: {0.1 if tc.dropout is None else round(tc.dropout + 0.1, 2)})")
+        tips.append(f"more dropout (train.dropout: {0.2 if tc.dropout is None else round(tc.dropout + 0.1, 2)})")
     if tc.weight_decay < 0.1:
         tips.append("more weight decay (train.weight_decay: 0.1)")
     if recipe.method in ("lora", "dora") and recipe.lora.r > 2:
