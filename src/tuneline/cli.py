@@ -259,6 +259,9 @@ def version():
     print(__version__)
 
 
+from . import cli_watch  # noqa: E402,F401  (registers its commands on app / models_app)
+
+
 def _quiet_libraries() -> None:
     # Our own progress and messages are enough; the libraries' load reports are noise to a user.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -10,6 +10,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from .checkpoint import load_trainable_state
+from .diagnose import diagnose_run, format_findings, write_diagnostics
+from .guard import assert_finite
 from .methods import PEFT_METHODS
 from .runs import RunDir, atomic_write_json, replace_dir
 
@@ -76,6 +78,7 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
         print(f"Restored the best checkpoint (step {state['best_step']}, validation {state['metric']} "
               f"{state['best']:.4f}).", flush=True)
     model.eval()
+    assert_finite(model)
     final, merged = save_final_model(model, tokenizer, recipe, run)
     info = run_info(recipe, source, prepared.labels, merged,
                     task.majority(prepared.train.labels) if prepared.labels else None)
@@ -97,9 +100,12 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
         test_eval_seconds=round(eval_seconds, 2),
     )
     shutil.rmtree(run.last_ckpt, ignore_errors=True)  # optimizer state is only needed to resume
+    findings = diagnose_run(run, recipe, task, state)
+    write_diagnostics(run, findings)  # before the report, which shows them
     write_report(run)
     write_model_card(run)
     print_summary(result, run)
+    print("\n" + format_findings(findings), flush=True)
     return RunResult(run.path, result)
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from .data.batching import epoch_batches
-from .errors import RunFailed
+from .guard import DivergenceGuard
 from .runs import RunDir
 
 
@@ -90,6 +90,7 @@ class Trainer:
         else:
             self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.eval_batch = self.tc.eval_batch_size or self.tc.batch_size * 2
+        self.guard = DivergenceGuard(self.tc.divergence, run, self.tc.lr, self.tc.max_grad_norm)
 
     # ------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -129,18 +130,14 @@ class Trainer:
             for start in range(state["micro"], n, tc.grad_accum):
                 t0 = time.perf_counter()
                 end = min(start + tc.grad_accum, n)
-                step_loss = 0.0
+                step_loss, grad_norm = 0.0, None
                 for bi in range(start, end):
                     rows, weight = distributed.shard(batches[bi]) if distributed.active() else (batches[bi], 1.0)
                     batch = self.task.collate(self.train_data, rows, self.pad_id)
                     batch = {k: v.to(self.acc.device) for k, v in batch.items()}
                     with self.acc.autocast():
                         loss = self.task.loss(self.model, batch) * weight
-                    if not torch.isfinite(loss):
-                        raise RunFailed(
-                            f"training diverged: loss is {loss.item()} at step {state['step'] + 1}; "
-                            "lower train.lr, or set train.max_grad_norm"
-                        )
+                    self.guard.check_loss(loss.item(), state["step"] + 1, state)
                     self.acc.backward(loss / (end - start))
                     step_loss += loss.item() / (end - start)
                     real = int(batch["attention_mask"].sum()) if weight else 0
@@ -153,8 +150,11 @@ class Trainer:
                 if distributed.active():
                     distributed.average_gradients(self.trainable)
                     step_loss = distributed.all_sum([step_loss])[0] / distributed.world()[1]
-                if tc.max_grad_norm:
-                    self.acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)
+                if tc.max_grad_norm or self.guard.watches_gradients:
+                    # max_norm inf: the norm without clipping, for the guard; after the all-reduce,
+                    # so every process sees the same norm and stops at the same step
+                    grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm or math.inf))
+                    self.guard.check_grad_norm(grad_norm, state["step"] + 1, state)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -164,6 +164,7 @@ class Trainer:
                 log_loss += step_loss
                 log_n += 1
                 step = state["step"]
+                self.guard.observe(step_loss, step, state)
                 epoch_done = end >= n
                 if epoch_done:
                     state["epoch"] += 1
@@ -175,6 +176,8 @@ class Trainer:
                     dt = time.perf_counter() - log_t0
                     rec = {"type": "train", "step": step, "epoch": epoch_f, "loss": round(log_loss / log_n, 6),
                            "lr": lr, "tokens_per_s": round(log_tokens / dt, 1) if dt > 0 else None}
+                    if grad_norm is not None:
+                        rec["grad_norm"] = round(grad_norm, 6)
                     if self.main:
                         run.log_metrics(rec)
                         for cb in self.callbacks:
@@ -193,6 +196,8 @@ class Trainer:
                            **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
                     if self.main:
                         run.log_metrics(rec)
+                    self.guard.check_eval(rec, state)
+                    if self.main:
                         for cb in self.callbacks:
                             cb.on_evaluate(self, rec)
                     shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k in self.task.metric_names)

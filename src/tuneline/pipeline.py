@@ -13,6 +13,7 @@ import yaml
 
 from . import distributed, hardware
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
+from .data.replay import load_replay
 from .data.split import split_rows
 from .errors import RunFailed, RunStopped, UserError
 from .methods import apply_method, count_parameters
@@ -20,6 +21,7 @@ from .models import resolve_model, load_tokenizer
 from .recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
 from .runs import RunDir, atomic_write_json, atomic_write_text, package_versions
 from .tasks import get_task
+from .trackers import check_available as check_trackers, tracking
 
 
 @dataclass
@@ -117,11 +119,15 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
     if recipe.train.early_stopping and recipe.train.early_stopping.metric not in task.metric_names:
         raise UserError(f"train.early_stopping.metric: {recipe.train.early_stopping.metric!r} is not a "
                         f"{recipe.task} metric; allowed: {', '.join(task.metric_names)}")
+    check_trackers(recipe)
     _setup_threads(recipe)
     precision = hardware.resolve_precision(recipe.train.precision)
     source = resolve_model(recipe.model, base_dir)
     tokenizer = load_tokenizer(source.path, recipe.trust_remote_code)
     splits, hashes = load_splits(recipe, base_dir, task)
+    replay = load_replay(recipe, tokenizer, base_dir, len(splits.train)) if recipe.train.replay else None
+    if replay:
+        hashes["replay"] = replay.source  # in run.json, and checked on resume like the data files
     if resume:
         old = run.read_manifest().get("data", {})
         changed = [k for k, v in hashes.items() if old.get(k, {}).get("sha256") != v["sha256"]]
@@ -138,6 +144,8 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
                  else hardware.describe()["cuda_device"])
         print(format_plan(plan, recipe, precision, where), flush=True)
         return plan
+    if replay:
+        prepared.train = replay.mix_into(prepared.train)
     distributed.barrier()  # every rank has checked the folder before rank 0 changes it
     main = distributed.is_main()
     if overwrite and not resume and run.path.exists() and main:
@@ -162,8 +170,9 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
         versions=package_versions(), hardware=hardware.describe(), error=None,
     )
     try:
-        result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started,
-                                   callbacks)
+        with tracking(recipe, run) as trackers:
+            result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started,
+                                       [*(callbacks or []), *trackers])
     except KeyboardInterrupt:
         run.update_manifest(status="interrupted", ended=time.time(),
                             error="interrupted; continue with --resume")

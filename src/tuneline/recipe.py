@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -41,6 +41,19 @@ class EarlyStoppingConfig(_Strict):
         return "min" if self.metric in ("loss", "perplexity") else "max"
 
 
+class ReplayConfig(_Strict):
+    data: str = Field(description="general text (.txt paragraphs, or rows with a text column) or chat / "
+                      "instruction rows, mixed into training against forgetting (task generate)")
+    fraction: float = Field(0.1, gt=0, lt=1, description="share of the training rows that are replay rows")
+
+
+class DivergenceConfig(_Strict):
+    enabled: bool = Field(True, description="stop on a non-finite loss or gradient, or a loss far above its minimum")
+    loss_ratio: float = Field(3.0, gt=1, description="stop when the smoothed loss exceeds this many times its "
+                              "running minimum and the starting loss, or this many times the starting loss")
+    min_steps: int = Field(10, ge=1, description="steps before the loss-rise check starts (warm-up noise)")
+
+
 class TrainConfig(_Strict):
     epochs: float = Field(3.0, gt=0)
     max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps; overrides epochs")
@@ -63,6 +76,15 @@ class TrainConfig(_Strict):
     seed: int = 42
     group_by_length: bool = Field(True, description="batch rows of similar length together (less padding)")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads; default: physical cores")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers (optional extras: pip install tuneline[NAME])")
+    divergence: DivergenceConfig = DivergenceConfig()
+    replay: Optional[ReplayConfig] = None
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, v):
+        return [v] if isinstance(v, str) else ([] if v is None else v)  # `report_to: mlflow` is a list of one
 
 
 class LoraOptions(_Strict):
@@ -152,6 +174,23 @@ class SearchConfig(_Strict):
     keep_models: Literal["best", "all"] = Field("best", description="best: delete other trials' weights")
 
 
+class MlflowOptions(_Strict):
+    tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI, else a file store ./mlruns")
+    experiment: str = "tuneline"
+
+
+class WandbOptions(_Strict):
+    project: str = "tuneline"
+    entity: Optional[str] = None
+    mode: Optional[Literal["offline", "online"]] = Field(None, description="default: $WANDB_MODE, else offline")
+
+
+class TrackerOptions(_Strict):
+    run_name: Optional[str] = Field(None, description="name shown in the trackers; default: the run folder's name")
+    mlflow: MlflowOptions = MlflowOptions()
+    wandb: WandbOptions = WandbOptions()
+
+
 DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}
 
 
@@ -167,6 +206,7 @@ class Recipe(_Strict):
     prompt: PromptOptions = PromptOptions()
     generate: GenerateOptions = GenerateOptions()
     eval: EvalOptions = EvalOptions()
+    trackers: TrackerOptions = TrackerOptions()
     output: Optional[str] = Field(None, description="run folder; default runs/<recipe name>")
     trust_remote_code: bool = False
     search: Optional[SearchConfig] = Field(None, description="hyperparameter search for tuneline tune")

@@ -1,0 +1,176 @@
+"""Read a run's training and validation curves (metrics.jsonl) like a practitioner would: where
+the best model was, whether validation got worse while training kept improving (overfitting),
+whether training learned at all. Findings are plain dicts, written to diagnostics.json as
+[{"check", "severity", "message", "step", "advice"}] for the report, and printed at the end.
+
+A pure function of the log and the recipe, so `tuneline diagnose RUN` gives the same answer
+for any run folder, finished, failed or still running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from .runs import RunDir, atomic_write_json
+
+# How much worse validation must get after its best to count: noise on a small validation set
+# moves the loss by a few percent between evaluations.
+LOSS_WORSE_REL, LOSS_WORSE_ABS = 0.05, 0.01
+METRIC_WORSE_ABS = 0.01
+# Training "kept improving" when its loss fell by this share after the best validation step.
+TRAIN_BETTER_REL = 0.05
+LOSS_METRICS = ("loss", "perplexity")
+
+
+def _train_loss_near(train: list[dict], step: int, n: int = 3) -> float | None:
+    """Mean of the last n logged training losses up to `step` (each is already a window mean)."""
+    before = [r["loss"] for r in train if r["step"] <= step]
+    return sum(before[-n:]) / len(before[-n:]) if before else None
+
+
+def _curve(evals: list[dict], metric: str) -> list[tuple[int, float, float]]:
+    return [(r["step"], r.get("epoch", 0.0), float(r[metric])) for r in evals
+            if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+
+
+def _best(curve, mode: str):
+    pick = min if mode == "min" else max
+    return pick(curve, key=lambda p: p[2])  # first of equals: the earliest step
+
+
+def _worse(best: float, final: float, mode: str) -> bool:
+    if mode == "min":
+        return final > best * (1 + LOSS_WORSE_REL) and final - best > LOSS_WORSE_ABS
+    return best - final > METRIC_WORSE_ABS
+
+
+def _advice(recipe, best_epoch: float, train_rows: int | None) -> str:
+    tc = recipe.train
+    tips = [f"train fewer epochs (the best was at epoch {best_epoch:.2f} of {tc.epochs:g}: "
+            f"train.epochs: {max(1, math.ceil(best_epoch))})"]
+    if tc.early_stopping is None:
+        tips.append("or stop early (train.early_stopping: {metric: loss, patience: 2})")
+    if tc.dropout is None or tc.dropout < 0.3:
+        tips.append(f"more dropout (train.dropout: {0.2 if tc.dropout is None else round(tc.dropout + 0.1, 2)})")
+    if tc.weight_decay < 0.1:
+        tips.append("more weight decay (train.weight_decay: 0.1)")
+    if recipe.method in ("lora", "dora") and recipe.lora.r > 2:
+        tips.append(f"a smaller LoRA rank (lora.r: {recipe.lora.r // 2})")
+    elif recipe.method == "full":
+        tips.append("fewer trained weights (method: lora)")
+    tips.append(f"more training data ({train_rows} rows now)" if train_rows else "more training data")
+    return "; ".join(tips) + "."
+
+
+def diagnose(metrics: list[dict], recipe, *, watch: str, mode: str, best_step: int | None = None,
+             train_rows: int | None = None) -> list[dict]:
+    """Findings from the metrics log. `watch`/`mode`: the metric that picked the best checkpoint."""
+    train = [r for r in metrics if r.get("type") == "train" and isinstance(r.get("loss"), (int, float))]
+    evals = [r for r in metrics if r.get("type") == "eval" and r.get("split", "validation") == "validation"]
+    findings: list[dict] = []
+    loss_curve = _curve(evals, "loss")
+    if loss_curve and train:
+        findings += _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train_rows)
+    if len(train) >= 2:
+        findings += _not_learning(train, loss_curve, recipe)
+    return findings
+
+
+def _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train_rows) -> list[dict]:
+    findings = []
+    watched = _curve(evals, watch) if watch not in LOSS_METRICS else loss_curve
+    kept = best_step if best_step is not None else (_best(watched, mode)[0] if watched else None)
+    b_step, b_epoch, b_loss = _best(loss_curve, "min")
+    f_step, f_epoch, f_loss = loss_curve[-1]
+    t_best, t_end = _train_loss_near(train, b_step), _train_loss_near(train, train[-1]["step"])
+    kept_epoch = next((e for s, e, _ in watched if s == kept), b_epoch)
+    gap_best = b_loss - t_best if t_best is not None else None
+    gap_end = f_loss - t_end if t_end is not None else None
+
+    # the task metric (accuracy, F1...) when it is not the loss
+    metric_note, metric_worse, m_best = "", False, None
+    task_metric = watch if watch not in LOSS_METRICS else None
+    if task_metric:
+        curve = _curve(evals, task_metric)
+        if curve:
+            m_best = _best(curve, mode)
+            m_final = curve[-1]
+            metric_worse = m_best[0] < m_final[0] and _worse(m_best[2], m_final[2], mode)
+            if metric_worse:
+                metric_note = (f"; validation {task_metric} fell from {m_best[2]:.4g} (step {m_best[0]}) "
+                               f"to {m_final[2]:.4g}")
+
+    loss_worse = b_step < f_step and _worse(b_loss, f_loss, "min")
+    train_better = t_best is not None and t_end is not None and t_end < t_best * (1 - TRAIN_BETTER_REL)
+    if (loss_worse or metric_worse) and train_better:
+        where = b_step if loss_worse else m_best[0]
+        where_epoch = b_epoch if loss_worse else m_best[1]
+        what = (f"validation loss rose from {b_loss:.4g} at step {b_step} (epoch {b_epoch:.2f}, its best) to "
+                f"{f_loss:.4g} at step {f_step}{metric_note}" if loss_worse else metric_note[2:])
+        kept_note = (f" The saved model is the best checkpoint (step {kept}, by validation {watch}), so the "
+                     f"steps after it were wasted, not the result." if kept is not None else "")
+        findings.append({
+            "check": "overfitting", "severity": "warning", "step": where,
+            "message": (f"{what} while the training loss "
+                        f"kept falling ({t_best:.4g} -> {t_end:.4g}); the train/validation loss gap grew "
+                        f"from {gap_best:.3f} to {gap_end:.3f}.{kept_note}"),
+            "advice": _advice(recipe, where_epoch, train_rows),
+        })
+    if kept is not None:
+        value = next((v for s, _, v in watched if s == kept), None)
+        shown = f" {value:.4g}" if value is not None else ""
+        gap = f"; train/validation loss gap {gap_best:.3f} there, {gap_end:.3f} at the end" if gap_best is not None else ""
+        findings.append({
+            "check": "best_model", "severity": "info", "step": kept,
+            "message": (f"best validation {watch}{shown} at step {kept} (epoch {kept_epoch:.2f}) of "
+                        f"{f_step}; the final model is that checkpoint{gap}"),
+            "advice": "",
+        })
+    return findings
+
+
+def _not_learning(train, loss_curve, recipe) -> list[dict]:
+    first, last = train[0]["loss"], _train_loss_near(train, train[-1]["step"])
+    val_moved = len(loss_curve) >= 2 and min(v for *_, v in loss_curve) < loss_curve[0][2] * 0.98
+    if last < first * 0.95 or val_moved:
+        return []
+    return [{
+        "check": "not_learning", "severity": "warning", "step": train[-1]["step"],
+        "message": f"the training loss barely moved ({first:.4g} -> {last:.4g}): the model learned little",
+        "advice": (f"raise train.lr (now {recipe.train.lr:g}), train longer (train.epochs), check that the "
+                   f"labels follow from the text (tuneline data check), or pick a larger model."),
+    }]
+
+
+def diagnose_run(run: RunDir, recipe, task, state: dict | None = None) -> list[dict]:
+    """Diagnose a run folder; `state` (the loop's) tells which step's weights were kept."""
+    es = recipe.train.early_stopping
+    watch = es.metric if es else task.default_metric
+    mode = es.resolved_mode() if es else ("min" if watch in LOSS_METRICS else "max")
+    manifest = run.read_manifest()
+    best_step = (state or {}).get("best_step", manifest.get("best_step"))
+    rows = (manifest.get("rows") or {}).get("train")
+    return diagnose(run.read_metrics(), recipe, watch=watch, mode=mode, best_step=best_step, train_rows=rows)
+
+
+def write_diagnostics(run: RunDir, findings: list[dict]) -> None:
+    atomic_write_json(run.path / "diagnostics.json", findings)
+    run.update_manifest(diagnostics=[f["check"] for f in findings])
+
+
+def format_findings(findings: list[dict]) -> str:
+    if not findings:
+        return "Diagnostics: nothing to report."
+    lines = ["Diagnostics:"]
+    for f in findings:
+        at = f" (step {f['step']})" if f.get("step") is not None else ""
+        lines.append(f"  {f['severity']:<7} {f['check']}{at}: {f['message']}")
+        if f.get("advice"):
+            lines.append(f"          what to change: {f['advice']}")
+    return "\n".join(lines)
+
+
+def read_diagnostics(run: RunDir) -> list[dict]:
+    path = run.path / "diagnostics.json"
+    return json.loads(path.read_text()) if path.exists() else []

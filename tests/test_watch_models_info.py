@@ -1,0 +1,80 @@
+"""`tuneline models info`: exact parameter counts from a weightless (meta) model, and a memory
+estimate that follows its documented formula."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tuneline.errors import UserError
+from tuneline.model_info import GIB, RUNTIME_BYTES, format_info, model_info
+
+
+def test_decoder_info_and_memory_formula(tiny_llama):
+    info = model_info(str(tiny_llama), batch=4, length=64)
+    assert info["task"] == "generate" and info["architecture"] == "LlamaForCausalLM"
+    assert info["layers"] == 2 and info["hidden_size"] == 32 and info["kv_heads"] == 2
+    assert info["context_length"] == 256 and info["license"].startswith("unknown")
+    # the parameter count equals the real model's
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    assert info["parameters"] == sum(p.numel() for p in real.parameters())
+    full, lora, freeze = info["memory"]["methods"]
+    assert full["trainable"] == full["total"] == info["parameters"]
+    assert 0 < lora["trainable"] < full["trainable"] and freeze["trainable"] < full["trainable"]
+    # full: weights 4P, gradients 4P, AdamW 8P; activations by the formula (gated MLP, no attention dropout)
+    P, h, i, d_kv, L, V, tokens = info["parameters"], 32, 64, 2 * 8, 2, 30522, 4 * 64
+    b = full["bytes"]
+    assert (b["weights"], b["gradients"], b["optimizer"]) == (4 * P, 4 * P, 8 * P)
+    act = tokens * (L * (8 * h + 2 * d_kv + 4 * i) + 2 * h) * 4 + tokens * V * 12
+    assert b["activations"] == act and b["total"] == 16 * P + act + RUNTIME_BYTES
+    assert full["gib"]["total"] == pytest.approx(b["total"] / GIB, abs=0.001)
+    # LoRA keeps dropout copies of adapted inputs: more activation memory than full tuning;
+    # freeze keeps activations of its 2 trained blocks only (here: all of them)
+    assert lora["bytes"]["activations"] > b["activations"] and lora["bytes"]["optimizer"] < b["optimizer"]
+    assert freeze["bytes"]["activations"] == b["activations"]
+    # twice the batch, twice the activations; bf16 halves the block activations, not the fp32 logits
+    big = model_info(str(tiny_llama), batch=8, length=64)["memory"]["methods"][0]["bytes"]
+    assert big["activations"] == 2 * b["activations"]
+    half = model_info(str(tiny_llama), batch=4, length=64, precision="bf16")["memory"]["methods"][0]["bytes"]
+    assert half["activations"] == act - tokens * (L * (8 * h + 2 * d_kv + 4 * i) + 2 * h) * 2
+
+
+def test_encoder_is_a_classifier_with_a_license_from_its_card(tiny_bert, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "README.md").write_text("---\nlicense: mit\nlanguage: en\n---\n# A tiny BERT\n")
+    info = model_info(str(folder), batch=2, length=32)
+    assert info["task"] == "classify" and info["license"] == "mit" and info["chat_template"] == "none"
+    full = info["memory"]["methods"][0]
+    # BERT's attention dropout materialises the attention probabilities: 2 * heads * length per token and block
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(folder))
+    h, i, heads, L, tokens = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_hidden_layers, 64
+    per_block = 8 * h + 2 * h + 2 * i + 2 * heads * 32
+    assert full["bytes"]["activations"] == tokens * (L * per_block + 2 * h) * 4
+
+
+def test_cli_prints_and_rejects_bad_input(tiny_llama):
+    from typer.testing import CliRunner
+
+    from tuneline.cli import app
+
+    out = CliRunner().invoke(app, ["models", "info", str(tiny_llama), "--batch", "2", "--length", "32", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["memory"]["batch"] == 2 and [m["method"] for m in data["memory"]["methods"]] == \
+        ["full", "lora r=8", "freeze"]
+    text = format_info(data)
+    assert "Estimated training memory, batch 2 x length 32" in text and "chat template" in text
+    assert "lora r=8" in text and "context length  256 tokens" in text
+    bad = subprocess.run([sys.executable, "-m", "tuneline", "models", "info", "no-such-model"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error: model: 'no-such-model'" in bad.stderr
+    with pytest.raises(UserError, match="--task"):
+        model_info(str(tiny_llama), task="translate")
