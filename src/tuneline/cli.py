@@ -206,6 +206,11 @@ def version():
     print(__version__)
 
 
+from .cli_serve import register as _register_serve  # noqa: E402  serve, monitor, retrain, rollback
+
+_register_serve(app)
+
+
 def _quiet_libraries() -> None:
     # Our own progress and messages are enough; the libraries' load reports are noise to a user.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
