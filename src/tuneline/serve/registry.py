@@ -85,6 +85,13 @@ class Registry:
             data["versions"].append(entry)
         return entry
 
+    def set_decision(self, vid: str, decision: dict) -> None:
+        with self._locked() as data:
+            for v in data["versions"]:
+                if v["id"] == vid:
+                    v["decision"] = {k: decision[k] for k in ("wins", "promoted", "gain", "p_value", "metric",
+                                                              "champion", "challenger", "reasons") if k in decision}
+
     def set_champion(self, vid: str, action: str, reason: str) -> None:
         self.version(vid)  # a clear error for an unknown id
         with self._locked() as data:
