@@ -31,6 +31,17 @@ def train_classify_run(folder, tiny_bert, rows=None, epochs=4):
     return tuneline.train(recipe).path
 
 
+_TRAINED: dict = {}
+
+
+def shared_classify_run(tmp_path_factory, tiny_bert):
+    """One tiny classifier run for all serve tests of a session (training it is most of their time).
+    Tests that change a run folder (retrain) work on a copy."""
+    if "classify" not in _TRAINED:
+        _TRAINED["classify"] = train_classify_run(tmp_path_factory.mktemp("serve_cls"), tiny_bert)
+    return _TRAINED["classify"]
+
+
 def train_generate_run(folder, tiny_llama):
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "train.jsonl", CHATS[:24])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +18,7 @@ from tuneline.serve.registry import Registry
 from tuneline.serve.retrain import retrain
 
 from conftest import FILLER, synthetic_rows
-from serve_helpers import train_classify_run
+from serve_helpers import shared_classify_run
 
 
 def zorp_texts(n: int, seed: int) -> list[str]:
@@ -30,9 +32,15 @@ def zorp_texts(n: int, seed: int) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert):
+    return shared_classify_run(tmp_path_factory, tiny_bert)
+
+
 @pytest.fixture
-def run(tmp_path, tiny_bert):
-    return train_classify_run(tmp_path / "exp", tiny_bert)
+def run(tmp_path, trained):
+    """A fresh copy of one trained run per test: each test grows its own registry."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def client(run, tmp_path):

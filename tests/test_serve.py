@@ -22,12 +22,12 @@ from tuneline.serve.batcher import MicroBatcher
 from tuneline.serve.schemas import Limits
 from tuneline.serve.store import Store
 
-from serve_helpers import LiveServer, free_port, train_classify_run, train_generate_run
+from serve_helpers import LiveServer, free_port, shared_classify_run, train_generate_run
 
 
 @pytest.fixture(scope="module")
 def cls_run(tmp_path_factory, tiny_bert):
-    return train_classify_run(tmp_path_factory.mktemp("serve_cls"), tiny_bert)
+    return shared_classify_run(tmp_path_factory, tiny_bert)
 
 
 @pytest.fixture(scope="module")
