@@ -240,9 +240,10 @@ class DriftMonitor:
         report = report_for_texts(self._ref, v.run, [t for t, _, _ in items],
                                   [l for _, l, _ in items if l is not None] or None,
                                   [c for _, _, c in items if c is not None] or None)
-        newly = set(report["alerts"]) - set((self.last_report or {}).get("alerts", []))
-        for a in sorted(newly):
-            print(f"tuneline serve: DRIFT ALERT ({v.id}): {a}", flush=True)
+        before = {a.split()[0] for a in (self.last_report or {}).get("alerts", [])}
+        for a in report["alerts"]:
+            if a.split()[0] not in before:  # once when a check starts alerting, not at every update
+                print(f"tuneline serve: DRIFT ALERT ({v.id}): {a}", flush=True)
         if self.metrics is not None:
             for c in report["checks"]:
                 self.metrics.drift_alert.labels(c["name"]).set(1 if c["status"] == "alert" else 0)
