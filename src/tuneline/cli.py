@@ -260,6 +260,9 @@ def version():
 
 
 from . import cli_watch  # noqa: E402,F401  (registers its commands on app / models_app)
+from .cli_serve import register as _register_serve  # noqa: E402  serve, monitor, retrain, rollback
+
+_register_serve(app)
 
 
 def _quiet_libraries() -> None:

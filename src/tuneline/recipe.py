@@ -191,6 +191,26 @@ class TrackerOptions(_Strict):
     wandb: WandbOptions = WandbOptions()
 
 
+class DriftOptions(_Strict):
+    """Thresholds for comparing live inputs with the training data (tuneline serve / monitor)."""
+    window: int = Field(500, ge=10, description="latest requests compared with the training data")
+    min_requests: int = Field(30, ge=1, description="no verdict before this many requests")
+    psi_warn: float = Field(0.1, gt=0, description="population stability index: warn at or above")
+    psi_alert: float = Field(0.25, gt=0, description="population stability index: alert at or above")
+    centroid_alert: float = Field(0.05, gt=0, le=2, description="cosine distance of mean input embeddings: alert at or above")
+    confidence_drop_alert: float = Field(0.1, gt=0, le=1, description="classify: mean confidence this much below the test set's")
+
+
+class RetrainOptions(_Strict):
+    """How `tuneline retrain` judges a challenger against the serving champion."""
+    metric: Optional[Literal["accuracy", "chrf"]] = Field(None, description="default: accuracy (classify), chrf (generate)")
+    margin: float = Field(0.02, ge=0, description="the challenger must beat the champion by this much (test + feedback rows)")
+    max_p_value: float = Field(0.05, gt=0, le=1, description="paired sign test over rows: the win must be this unlikely by chance")
+    max_test_drop: float = Field(0.02, ge=0, description="largest loss allowed on the original test set alone")
+    feedback_eval_share: float = Field(0.3, gt=0, lt=1, description="share of corrected feedback rows held out for evaluation")
+    min_feedback: int = Field(5, ge=1, description="corrected feedback rows needed to retrain")
+
+
 DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}
 
 
@@ -207,6 +227,8 @@ class Recipe(_Strict):
     generate: GenerateOptions = GenerateOptions()
     eval: EvalOptions = EvalOptions()
     trackers: TrackerOptions = TrackerOptions()
+    drift: DriftOptions = DriftOptions()
+    retrain: RetrainOptions = RetrainOptions()
     output: Optional[str] = Field(None, description="run folder; default runs/<recipe name>")
     trust_remote_code: bool = False
     search: Optional[SearchConfig] = Field(None, description="hyperparameter search for tuneline tune")

@@ -265,8 +265,9 @@ class GenerateTask:
 
     @torch.no_grad()
     def generate(self, model, tokenizer, conversations: list[list[dict]], options, batch_size: int = 8,
-                 max_length: int | None = None) -> list[str]:
-        """Answers for conversations that end with a user turn: batched, left-padded, KV-cached."""
+                 max_length: int | None = None, **generate_kwargs) -> list[str]:
+        """Answers for conversations that end with a user turn: batched, left-padded, KV-cached.
+        generate_kwargs go to `model.generate` (the service passes a streamer, stop strings)."""
         ensure_chat_template(tokenizer)
         device = next(model.parameters()).device
         prompts = [tokenizer(_render(tokenizer, c, gen=True), add_special_tokens=False)["input_ids"]
@@ -290,6 +291,7 @@ class GenerateTask:
                 kwargs.update(temperature=options.temperature, top_p=options.top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs.update(generate_kwargs)
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             for row, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -1,0 +1,120 @@
+"""Summaries of the monitoring store: traffic, feedback, and drift from the stored requests.
+
+Shared by `tuneline monitor` (offline, reading the store) and the dashboard (live).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from .store import Store
+
+
+def _pct(values, q) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def traffic_summary(store: Store, since: float | None = None, bucket_s: int = 60) -> dict:
+    rows = store.request_stats(since)
+    ok = [r for r in rows if r["status"] == 200]
+    lat = [r["latency_ms"] for r in ok]
+    by = defaultdict(lambda: {"requests": 0, "errors": 0})
+    for r in rows:
+        key = f"{r['endpoint']} {r['model_version']}"
+        by[key]["requests"] += 1
+        by[key]["errors"] += r["status"] != 200
+    series = Counter()
+    errors = Counter()
+    for r in rows:
+        b = int(r["created"] // bucket_s * bucket_s)
+        series[b] += 1
+        errors[b] += r["status"] != 200
+    span = (max(r["created"] for r in rows) - min(r["created"] for r in rows)) if len(rows) > 1 else 0
+    return {
+        "requests": len(rows), "errors": len(rows) - len(ok),
+        "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
+                       "mean": round(float(np.mean(lat)), 2) if lat else None},
+        "requests_per_s": round(len(rows) / span, 2) if span else None,
+        "by_endpoint_version": [{"key": k, **v} for k, v in sorted(by.items())],
+        "series": [{"t": t, "requests": series[t], "errors": errors[t]} for t in sorted(series)],
+        "bucket_s": bucket_s,
+    }
+
+
+def feedback_summary(store: Store, limit: int = 50) -> dict:
+    rows = store.feedback_rows()
+    ratings = Counter(r["rating"] for r in rows if r["rating"])
+    corrections = Counter((r["predicted_label"], r["corrected_label"]) for r in rows if r["corrected_label"])
+    return {
+        "total": len(rows), "up": ratings.get("up", 0), "down": ratings.get("down", 0),
+        "corrected_labels": sum(1 for r in rows if r["corrected_label"]),
+        "corrected_answers": sum(1 for r in rows if r["corrected_answer"]),
+        "top_corrections": [{"predicted": p, "corrected": c, "count": n} for (p, c), n in corrections.most_common(10)],
+        "queue": [queue_item(r) for r in rows[:limit]],
+    }
+
+
+def queue_item(r: dict) -> dict:
+    """One feedback row with the input and output it is about, for a person to read."""
+    inputs = json.loads(r["input"]) if r["input"] else None
+    outputs = json.loads(r["output"]) if r["output"] else None
+    item = r["item"]
+    text = None
+    if isinstance(inputs, list) and inputs:
+        x = inputs[item] if item < len(inputs) else inputs[0]
+        text = x if isinstance(x, str) else next((m["content"] for m in reversed(inputs) if m.get("role") == "user"), None)
+    out = None
+    if isinstance(outputs, list) and outputs:
+        o = outputs[item] if item < len(outputs) else outputs[0]
+        out = o.get("label") if isinstance(o, dict) else o
+    return {"id": r["id"], "request_id": r["request_id"], "created": r["created"], "rating": r["rating"],
+            "input": text, "output": out, "corrected_label": r["corrected_label"],
+            "corrected_answer": r["corrected_answer"], "comment": r["comment"], "model_version": r["model_version"]}
+
+
+def live_items(store: Store, window: int) -> tuple[list[str], list[str], list[float], int, bool]:
+    """The latest `window` inputs (texts), predicted labels and confidences from the store."""
+    rows = store.recent_requests(window)
+    texts, labels, confs, hidden = [], [], [], 0
+    for r in rows:
+        if r["status"] != 200:
+            continue
+        outputs = json.loads(r["output"]) if r["output"] else []
+        for o in outputs:
+            if isinstance(o, dict) and "label" in o:
+                labels.append(o["label"])
+                confs.append(o["score"])
+        if r["input"] is None:
+            hidden += 1
+            continue
+        inputs = json.loads(r["input"])
+        if r["endpoint"] == "/v1/chat/completions":
+            texts.append(next(m["content"] for m in reversed(inputs) if m["role"] == "user"))
+        else:
+            texts.extend(inputs)
+    return texts[:window], labels[:window], confs[:window], hidden, bool(rows)
+
+
+def offline_drift(run, version: str, folder, store: Store) -> dict:
+    """Drift of the stored traffic of the current version against its training data."""
+    from .drift import compare, load_reference, report_for_texts
+
+    options = run.recipe.drift
+    ref = load_reference(run, version, folder)
+    texts, labels, confs, hidden, _ = live_items(store, options.window)
+    if texts:
+        report = report_for_texts(ref, run, texts, labels or None, confs or None)
+    else:
+        report = compare(ref, options, lengths=None, labels=labels or None, confidences=confs or None)
+    if hidden:
+        report["note"] = (f"{hidden} requests were stored without inputs (--no-store-inputs): their input drift "
+                          "is judged only live by the service")
+    return report
+
+
+def summary(store: Store, since: float | None = None) -> dict:
+    return {"time": time.time(), "traffic": traffic_summary(store, since), "feedback": feedback_summary(store)}

@@ -1,0 +1,163 @@
+"""Request bodies of the service: validated by pydantic, so bad input is a 422 that names the field.
+
+The OpenAI-compatible bodies ignore parameters they do not use (presence_penalty, user, seed,
+...), as an OpenAI client sends some by default; values out of range are still errors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Limits(BaseModel):
+    """Caps on one request (set by `tuneline serve` options)."""
+
+    max_inputs: int = 64          # texts in one /v1/classify request, prompts in one /v1/completions
+    max_tokens: int = 512         # generated tokens per answer
+    max_chars: int = 20_000       # characters in one text / message
+    max_messages: int = 64        # turns in one conversation
+
+
+LIMITS = Limits()  # replaced by the app factory; validators read it at request time
+
+
+def _check_text(value: str, what: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
+    if len(value) > LIMITS.max_chars:
+        raise ValueError(f"{what} has {len(value)} characters; the limit is {LIMITS.max_chars}")
+    return value
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: Union[str, list[str]] = Field(description="one text, or a list of texts")
+    model: Optional[str] = Field(None, description="ignored: the service serves one model")
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, v):
+        items = [v] if isinstance(v, str) else v
+        if not items:
+            raise ValueError("input is an empty list; give one text or a list of texts")
+        if len(items) > LIMITS.max_inputs:
+            raise ValueError(f"{len(items)} texts in one request; the limit is {LIMITS.max_inputs}")
+        for i, t in enumerate(items):
+            _check_text(t, "input" if isinstance(v, str) else f"input[{i}]")
+        return v
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: Union[str, list[ContentPart]]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class _GenerationParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    stream: bool = False
+    stop: Union[str, list[str], None] = None
+    n: int = Field(1, ge=1, le=1, description="one answer per request")
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, v):
+        if v is not None and v > LIMITS.max_tokens:
+            raise ValueError(f"max_tokens {v} is over the service's limit of {LIMITS.max_tokens}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def stops(self) -> tuple[str, ...]:
+        items = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return tuple(s for s in items if s)
+
+
+class ChatRequest(_GenerationParams):
+    messages: list[Message]
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, v):
+        if not v:
+            raise ValueError("messages is empty; end the conversation with a user turn")
+        if len(v) > LIMITS.max_messages:
+            raise ValueError(f"{len(v)} messages; the limit is {LIMITS.max_messages}")
+        for i, m in enumerate(v):
+            _check_text(m.text(), f"messages[{i}].content")
+        if v[-1].role != "user":
+            raise ValueError("the last message must be the user's (the model answers it)")
+        return v
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _max_completion(cls, v):
+        return cls._max_tokens(v)
+
+    def conversation(self) -> list[dict]:
+        # "developer" is OpenAI's newer name for the system role
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+class CompletionRequest(_GenerationParams):
+    prompt: Union[str, list[str]]
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v):
+        items = [v] if isinstance(v, str) else v
+        if not items:
+            raise ValueError("prompt is an empty list")
+        if len(items) > LIMITS.max_inputs:
+            raise ValueError(f"{len(items)} prompts in one request; the limit is {LIMITS.max_inputs}")
+        for i, t in enumerate(items):
+            _check_text(t, "prompt" if isinstance(v, str) else f"prompt[{i}]")
+        return v
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64)
+    rating: Optional[Literal["up", "down"]] = Field(None, description="thumbs up or down")
+    corrected_label: Optional[str] = Field(None, min_length=1, max_length=200)
+    corrected_answer: Optional[str] = Field(None, min_length=1, max_length=20_000)
+    comment: Optional[str] = Field(None, max_length=5000)
+    item: int = Field(0, ge=0, description="which input of a multi-input request")
+
+    @field_validator("corrected_label", "corrected_answer")
+    @classmethod
+    def _not_blank(cls, v):
+        if v is not None and not v.strip():
+            raise ValueError("is blank")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not (self.rating or self.corrected_label or self.corrected_answer or self.comment):
+            raise ValueError("give at least one of rating, corrected_label, corrected_answer, comment")
+        return self
