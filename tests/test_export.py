@@ -328,7 +328,11 @@ def test_run_model_card_is_kept_and_extended(cls_run, tmp_path):
 
 
 def test_own_card_has_metrics_data_and_usage(chat_run, tmp_path):
-    manifest = export_run(chat_run, "hf", tmp_path / "hf", samples=2)
+
+    run = tmp_path / "run"  # a run without MODEL_CARD.md: the export writes its own card
+    shutil.copytree(chat_run, run)
+    (run / "MODEL_CARD.md").unlink()
+    manifest = export_run(run, "hf", tmp_path / "hf", samples=2)
     card = (tmp_path / "hf" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation")
     assert "| loss |" in card and "train.jsonl" in card and SYSTEM in card

@@ -8,6 +8,7 @@ the test metrics next to the baseline, how to load this export, and how close it
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..cli_format import HEADLINE
@@ -166,6 +167,8 @@ def model_card(fmt: str, source, manifest: dict) -> tuple[str, str]:
     """(card text, where it came from)."""
     theirs = source.path / "MODEL_CARD.md"
     if theirs.is_file():
-        return (theirs.read_text(encoding="utf-8").rstrip() + "\n\n" + export_section(fmt, source, manifest),
+        # the run card's own "How to use" loads the run folder; the export section says how to load this
+        text = re.sub(r"\n## How to use\n.*?(?=\n## |\Z)", "\n", theirs.read_text(encoding="utf-8"), flags=re.S)
+        return (text.rstrip() + "\n\n" + export_section(fmt, source, manifest),
                 "the run's MODEL_CARD.md, with this export's section appended")
     return own_card(fmt, source, manifest), "written by tuneline export from the run folder"
