@@ -328,7 +328,6 @@ def test_run_model_card_is_kept_and_extended(cls_run, tmp_path):
 
 
 def test_own_card_has_metrics_data_and_usage(chat_run, tmp_path):
-
     run = tmp_path / "run"  # a run without MODEL_CARD.md: the export writes its own card
     shutil.copytree(chat_run, run)
     (run / "MODEL_CARD.md").unlink()
