@@ -112,6 +112,11 @@ class EvalOptions(_Strict):
     counterfactual_samples: int = Field(50, ge=1, description="cap on rows generated twice (generate task)")
 
 
+class MemoryOptions(_Strict):
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
+                                         "much less memory, slower steps")
+
+
 DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}
 
 
@@ -127,6 +132,7 @@ class Recipe(_Strict):
     prompt: PromptOptions = PromptOptions()
     generate: GenerateOptions = GenerateOptions()
     eval: EvalOptions = EvalOptions()
+    memory: MemoryOptions = MemoryOptions()
     output: Optional[str] = Field(None, description="run folder; default runs/<recipe name>")
     trust_remote_code: bool = False
 
@@ -207,6 +213,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         raise UserError(f"{path}: recipe file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a recipe is a YAML text file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
