@@ -74,7 +74,7 @@ def memory_advice(recipe) -> str:
         half = max(1, t.batch_size // 2)
         steps.append(f"--set train.batch_size={half} --set train.grad_accum={t.grad_accum * t.batch_size // half} "
                      "(same effective batch)")
-    if t.max_length > 64:
+    if t.max_length >= 16:
         steps.append(f"--set train.max_length={t.max_length // 2} (rows are cut shorter)")
     if not recipe.memory.gradient_checkpointing:
         steps.append("--set memory.gradient_checkpointing=true (recomputes activations: slower, far less memory)")
@@ -93,10 +93,10 @@ def explain(e: BaseException, recipe, run) -> Exception:
             f"out of memory (train.batch_size={t.batch_size}, train.grad_accum={t.grad_accum}, "
             f"train.max_length={t.max_length}, method {recipe.method}). Change, in this order: {memory_advice(recipe)}. "
             f"`tuneline train RECIPE --dry-run` estimates the peak memory before a run.")
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        free = _free_mib(run.path)
-        return RunFailed(f"the disk is full ({e.filename or run.path}: {e.strerror}; {free} MiB free). The last "
-                         f"complete checkpoint is kept: free some space, then continue with --resume")
+    if _is_disk_full(e, run):
+        where = getattr(e, "filename", None) or run.path
+        return RunFailed(f"the disk is full (writing {where}: {str(e).splitlines()[0][:120]}; {_free_mib(run.path)} "
+                         f"MiB free). The last complete checkpoint is kept: free some space, then continue with --resume")
     if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return RunFailed(f"cannot write {e.filename or run.path} ({e.strerror}); make the run folder writable, "
                          f"then continue with --resume")
@@ -105,6 +105,23 @@ def explain(e: BaseException, recipe, run) -> Exception:
                          f"{str(e).splitlines()[0][:200]}); the file is damaged or not a weights file. "
                          f"tuneline reads safetensors, and PyTorch files only without code (weights_only)")
     return RunFailed(f"run failed: {type(e).__name__}: {e} (details in {run.manifest})")
+
+
+# torch.save's zip writer and safetensors lose the errno of a failed write; their messages remain.
+_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos")
+_NO_SPACE = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def _is_disk_full(e: BaseException, run) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    if any(s in text for s in _NO_SPACE):
+        return True
+    if any(s in text for s in _WRITE_FAILED):
+        free = _free_mib(run.path)
+        return free != "?" and float(free) < 64  # a write failed and the disk is (nearly) full: that is why
+    return False
 
 
 def _unreadable_weights(e: BaseException) -> bool:
