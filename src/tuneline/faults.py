@@ -125,10 +125,8 @@ def _is_disk_full(e: BaseException, run) -> bool:
 
 
 def _unreadable_weights(e: BaseException) -> bool:
-    import pickle
-
-    name = type(e).__name__
-    return (isinstance(e, pickle.UnpicklingError) or name in ("SafetensorError", "HeaderTooLarge")
+    name = type(e).__name__  # by name: this module imports no pickle machinery at all
+    return (name in ("UnpicklingError", "SafetensorError", "HeaderTooLarge")
             or "Weights only load failed" in str(e))
 
 
