@@ -378,6 +378,23 @@ simple("output-exists-not-run", lambda b: (b.write("run/notes.txt", "keep me"), 
        "run", "--overwrite")
 simple("resume-not-a-run", lambda b: (b.write("run/notes.txt", "keep me"), b.train("--resume"))[1],
        "run.json", "resume")
+
+
+def _old_run(b: B) -> None:
+    """A run folder from before: --overwrite with a bad input must leave it as it is."""
+    b.write("run/run.json", '{"status": "completed"}')
+    b.write("run/eval.json", '{"tuned": {"accuracy": 0.9}}')
+    b.write("run/recipe.yaml", b.recipe("old-recipe.yaml").read_text())
+
+
+simple("overwrite-with-bad-data-keeps-old-run", lambda b: (_old_run(b), b.train_with(
+    "train.jsonl", lines_with(5, "{broken"), "--overwrite"))[1], "train.jsonl:5")
+simple("overwrite-with-bad-value-keeps-old-run", lambda b: (_old_run(b), b.train("--overwrite", train={"lr": 0}))[1],
+       "train.lr")
+simple("overwrite-with-bad-model-pair-keeps-old-run", lambda b: (_old_run(b), b.train(
+    "--overwrite", train={"max_length": 1024}))[1], "train.max_length")
+simple("resume-with-changed-recipe", lambda b: (_old_run(b), b.write("run/run.json", '{"status": "interrupted"}'),
+                                                b.train("--resume", train={"lr": 0.5}))[2], "recipe differs", "train.lr")
 simple("nproc-zero", lambda b: b.train("--nproc", "0"), "--nproc")
 simple("unknown-option", lambda b: b.train("--epochs", "3"), "--epochs")
 simple("data-check-missing-file", lambda b: ["data", "check", b.d / "none.jsonl"], "none.jsonl", "not found")
