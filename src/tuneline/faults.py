@@ -183,13 +183,13 @@ def _checkpoint_step(ckpt) -> int | str:
         return "?"
 
 
-def resume_command(recipe_arg, out: Path, overrides: list[str] | None) -> str:
+def resume_command(recipe_arg, out: Path, overrides: list[str] | None, force: bool = False) -> str:
     import shlex
 
     parts = ["tuneline", "train", str(recipe_arg) if recipe_arg is not None else "RECIPE", "-o", str(out)]
     for o in overrides or []:
         parts += ["--set", o]
-    return " ".join(shlex.quote(p) for p in parts + ["--resume"])
+    return " ".join(shlex.quote(p) for p in parts + ["--resume"] + (["--force"] if force else []))
 
 
 def _safe_update(run, **fields) -> None:

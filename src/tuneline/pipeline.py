@@ -171,7 +171,7 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
                                    callbacks)
     except BaseException as e:
         err = faults.on_failure(run, e, recipe, fresh=fresh, existed=existed,
-                                resume_cmd=faults.resume_command(recipe_arg, out, overrides))
+                                resume_cmd=faults.resume_command(recipe_arg, out, overrides, force))
         if err is e:
             raise
         raise err from e

@@ -48,6 +48,7 @@ def check(recipe, task, source, prepared, out: Path, *, writes: bool = True) -> 
     _check_precision(recipe)
     _check_adapter_targets(recipe, config)
     _check_slices(recipe, prepared)
+    _check_weights_readable(recipe, source)
     if writes:
         check_disk_space(recipe, source, Path(out))
 
@@ -115,6 +116,33 @@ def _check_adapter_targets(recipe, config) -> None:
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)})
     raise UserError(f"{key}: {targets} match no layer of {recipe.model}; its linear layers are named "
                     f"{', '.join(linear[:12])}; leave {key} empty for the default")
+
+
+def _check_weights_readable(recipe, source) -> None:
+    """A damaged or hostile weights file fails here, before --overwrite removes the old run: a
+    safetensors header is read alone (no tensor data); a PyTorch file is opened with
+    weights_only=True and mmap, so no code runs and nothing is copied into memory."""
+    folder = Path(source.path)
+    if not folder.is_dir():
+        return  # a hub id: Transformers downloads and checks it
+    files = sorted(folder.glob("*.safetensors"))
+    try:
+        if files:
+            from safetensors import safe_open
+
+            for f in files:
+                with safe_open(str(f), framework="pt") as st:
+                    st.keys()
+            return
+        import torch
+
+        for f in sorted(folder.glob("*.bin")):
+            torch.load(f, weights_only=True, mmap=True, map_location="cpu")
+    except Exception as e:  # SafetensorError, UnpicklingError, RuntimeError for a cut file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(f"model: the weights in {folder} cannot be read ({type(e).__name__}: {first}); the file "
+                        f"is damaged, or a PyTorch file that would run code (refused). Download or convert the "
+                        f"model again, as safetensors") from None
 
 
 def _check_slices(recipe, prepared) -> None:

@@ -346,7 +346,7 @@ simple("model-config-not-json", lambda b: (b.write("badcfg/config.json", "{nope"
                                            b.train(model=str(b.d / "badcfg")))[1], "model", "badcfg")
 
 
-@case("model-weights-corrupt", "model", "mymodel")
+@case("model-weights-corrupt", "model", "mymodel", "cannot be read")
 def _(b: B):
     m = _model_copy(b, b.bert)
     (m / "model.safetensors").write_bytes(b"\x00" * 64)
@@ -393,6 +393,16 @@ simple("overwrite-with-bad-value-keeps-old-run", lambda b: (_old_run(b), b.train
        "train.lr")
 simple("overwrite-with-bad-model-pair-keeps-old-run", lambda b: (_old_run(b), b.train(
     "--overwrite", train={"max_length": 1024}))[1], "train.max_length")
+
+
+@case("overwrite-with-corrupt-weights-keeps-old-run", "model", "mymodel", "cannot be read")
+def _(b: B):
+    _old_run(b)
+    m = _model_copy(b, b.bert)
+    (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:1000])  # cut short
+    return b.train("--overwrite", model=str(m))
+
+
 simple("resume-with-changed-recipe", lambda b: (_old_run(b), b.write("run/run.json", '{"status": "interrupted"}'),
                                                 b.train("--resume", train={"lr": 0.5}))[2], "recipe differs", "train.lr")
 simple("nproc-zero", lambda b: b.train("--nproc", "0"), "--nproc")
