@@ -295,7 +295,8 @@ def main() -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # the disk or the permissions, outside a run (which explains its own)
-        print(f"failed: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"failed: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(1)
     except (KeyboardInterrupt, click.exceptions.Abort):
         print("\ninterrupted", file=sys.stderr)

@@ -216,7 +216,8 @@ class Trainer:
                     save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
                 if faults.stop_requested():  # Ctrl-C: stop at this step boundary, resumable exactly
                     bar.close()
-                    save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
+                    if not (do_save and not last):  # not saved at this step yet
+                        save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
                     raise faults.Interrupted(state["step"])
                 if last:
                     done = True
