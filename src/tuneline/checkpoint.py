@@ -78,8 +78,8 @@ def find_checkpoint(folder: Path) -> Path | None:
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     folder = Path(folder)
     load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(_load_tensors(folder / "optimizer.pt"))
+    scheduler.load_state_dict(_load_tensors(folder / "scheduler.pt"))
     rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
@@ -87,6 +87,17 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     state = json.loads((folder / "state.json").read_text())
     _set_py_random_state(state.pop("python_random"))
     return state
+
+
+def _load_tensors(path: Path):
+    """Our own torch.save file, read without running code: anything else in it is refused."""
+    from .errors import UserError
+
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # UnpicklingError for code, RuntimeError/EOFError for a damaged file
+        raise UserError(f"{path}: not a checkpoint tuneline wrote ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                        "start the run again with --overwrite") from None
 
 
 def _py_random_state() -> list:

@@ -13,6 +13,11 @@ import typer
 
 from .errors import RunFailed, UserError
 
+try:  # typer >= 0.2x raises its own vendored click's exceptions, not click's
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click = click.exceptions
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune a pretrained language model for one task: train, evaluate, predict.")
 models_app = typer.Typer(no_args_is_help=True, help="The built-in model catalog.")
@@ -149,7 +154,10 @@ def _read_inputs(path: Path) -> list[str]:
     if path.suffix.lower() == ".txt":
         if not path.is_file():
             raise UserError(f"{path}: file not found")
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
     from .data.io import read_rows
     from .tasks.classify import TEXT_COLUMNS
 
@@ -294,14 +302,18 @@ def main() -> None:
     except RunFailed as e:
         print(f"failed: {e}", file=sys.stderr)
         sys.exit(1)
-    except click.exceptions.UsageError as e:
+    except (click.exceptions.UsageError, _typer_click.UsageError) as e:
         e.show()
         sys.exit(2)
-    except click.exceptions.ClickException as e:
+    except (click.exceptions.ClickException, _typer_click.ClickException) as e:
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:  # the disk or the permissions, outside a run (which explains its own)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"failed: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
     except (KeyboardInterrupt, click.exceptions.Abort):
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)

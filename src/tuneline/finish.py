@@ -21,9 +21,13 @@ def save_final_model(model, tokenizer, recipe, run: RunDir) -> tuple[object, boo
     merged = True
     if recipe.method in PEFT_METHODS:
         tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".adapter."))
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        replace_dir(tmp, run.adapter_dir)
+        try:
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            replace_dir(tmp, run.adapter_dir)
+        except BaseException:  # a full disk must not leave a half-written temp folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if recipe.method == "prompt":
             # Virtual prompt tokens cannot be folded into the weights: the adapter is the model.
             return model, False

@@ -11,7 +11,7 @@ import yaml
 from .data.io import read_rows, resolve_data_path
 from .errors import UserError
 from .recipe import recipe_from_dict
-from .runs import RunDir
+from .runs import RunDir, inside
 from .tasks import get_task
 
 
@@ -36,7 +36,7 @@ class LoadedRun:
 
         trust = self.info.get("trust_remote_code", False)
         if self.info.get("merged"):
-            folder = str(self.run.path / self.info["model_dir"])
+            folder = str(inside(self.run.path, self.info["model_dir"], f"{self.run.info_file}: model_dir"))
             tok = load_tokenizer(folder, trust)
             return self.task.load_trained(folder, trust), tok
         # Adapter that cannot be merged (prompt tuning): base model + adapter.
@@ -44,7 +44,7 @@ class LoadedRun:
 
         from .models import resolve_model
 
-        adapter = str(self.run.path / self.info["adapter_dir"])
+        adapter = str(inside(self.run.path, self.info["adapter_dir"], f"{self.run.info_file}: adapter_dir"))
         tok = load_tokenizer(adapter, trust)
         base_path = self.info["base_model_path"]
         if not Path(base_path).exists() and "/" not in base_path:
@@ -79,7 +79,7 @@ class LoadedRun:
         manifest = self.run.read_manifest()
         held = manifest.get("held_out", {})
         if "test" in held:
-            return str(self.run.path / held["test"])
+            return str(inside(self.run.path, held["test"], f"{self.run.manifest}: held_out.test"))
         return manifest["data"]["test"]["path"]
 
     def evaluate(self, data: str | Path | None = None) -> dict:

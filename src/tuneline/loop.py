@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, faults
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from .data.batching import epoch_batches
 from .guard import DivergenceGuard
@@ -219,6 +219,11 @@ class Trainer:
                 do_save = (step % tc.save_every == 0) if tc.save_every else do_eval
                 if do_save and not last and self.main:
                     save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
+                if faults.stop_requested():  # Ctrl-C: stop at this step boundary, resumable exactly
+                    bar.close()
+                    if not (do_save and not last):  # not saved at this step yet
+                        save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
+                    raise faults.Interrupted(state["step"])
                 if last:
                     done = True
                     break

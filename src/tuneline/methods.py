@@ -74,6 +74,12 @@ def default_lora_targets(model: nn.Module) -> list[str]:
 
 def apply_method(model: nn.Module, recipe: Recipe) -> nn.Module:
     method = recipe.method
+    if recipe.memory.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (PEFT) and replays the dropout RNG exactly
+        if hasattr(model, "activation_checkpointing_enable"):  # Transformers 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

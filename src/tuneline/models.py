@@ -146,8 +146,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise UserError(f"model: cannot load a tokenizer from {path!r}: {e}") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(_load_error("a tokenizer", path, e)) from None
     if tok.pad_token is None:
         # Decoders often ship without a pad token; padding is masked by attention anyway.
         tok.pad_token = tok.eos_token or tok.unk_token
@@ -159,8 +159,8 @@ def load_config(path: str, trust_remote_code: bool = False, dropout: float | Non
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model: cannot load {path!r}: {e}") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(_load_error("the config", path, e)) from None
     if dropout is not None:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
                      "attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
@@ -168,3 +168,11 @@ def load_config(path: str, trust_remote_code: bool = False, dropout: float | Non
             if hasattr(config, name):
                 setattr(config, name, dropout)
     return config
+
+
+def _load_error(what: str, path: str, e: Exception) -> str:
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    if "trust_remote_code" in str(e):
+        return (f"model: {path} needs its own Python code to load; tuneline runs no code from a model folder "
+                f"unless the recipe sets trust_remote_code: true (do that only for a model you trust)")
+    return f"model: cannot load {what} from {path!r} ({text}); give a Transformers model folder, a .gguf file or a hub id"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import shutil
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from . import distributed, hardware
+from . import distributed, faults, hardware, preflight
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
 from .data.replay import load_replay
 from .data.split import split_rows
@@ -87,6 +86,7 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
           resume: bool = False, overwrite: bool = False, base_dir: Path | None = None,
           force: bool = False, callbacks: list | None = None, dry_run: bool = False) -> "RunResult | dict":
     name = "run"
+    recipe_arg = recipe if isinstance(recipe, (str, Path)) else None
     if isinstance(recipe, (str, Path)):
         name = Path(recipe).stem if Path(recipe).stem != "recipe" else Path(recipe).resolve().parent.name
         recipe, base_dir = load_recipe(recipe, overrides)
@@ -96,6 +96,8 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
     out = Path(output or recipe.output or Path("runs") / name)
     run = RunDir(out)
+    if not dry_run:
+        preflight.check_output_path(out)
     if run.path.exists() and any(run.path.iterdir()) and not dry_run:
         if resume:
             if not run.exists():
@@ -136,6 +138,7 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
 
     audit_result = run_audit(recipe, splits, tokenizer, force or dry_run)
     prepared = task.prepare(splits, recipe, tokenizer)
+    preflight.check(recipe, task, source, prepared, out, writes=not dry_run)
     if dry_run:
         from .estimate import dry_run as estimate, format_plan
 
@@ -156,6 +159,8 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
         started = run.read_manifest().get("started", started)
     if not main:
         return _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started, callbacks)
+    existed = run.path.exists()
+    fresh = not resume and not (existed and any(run.path.iterdir()))  # nothing of value in it yet
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.path / "audit.json", audit_result.as_dict())
     if not resume:
@@ -173,22 +178,15 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
         with tracking(recipe, run) as trackers:
             result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started,
                                        [*(callbacks or []), *trackers])
-    except KeyboardInterrupt:
-        run.update_manifest(status="interrupted", ended=time.time(),
-                            error="interrupted; continue with --resume")
-        raise
-    except UserError as e:
-        run.update_manifest(status="failed", ended=time.time(), error=str(e))
-        raise
     except RunStopped as e:  # stopped on purpose by a callback (e.g. a pruned search trial)
         run.update_manifest(status=e.status, ended=time.time(), error=None, stopped=str(e))
         raise
-    except Exception as e:
-        run.update_manifest(status="failed", ended=time.time(), error=f"{type(e).__name__}: {e}",
-                            traceback=traceback.format_exc())
-        if isinstance(e, RunFailed):
+    except BaseException as e:
+        err = faults.on_failure(run, e, recipe, fresh=fresh, existed=existed,
+                                resume_cmd=faults.resume_command(recipe_arg, out, overrides, force))
+        if err is e:
             raise
-        raise RunFailed(f"run failed: {type(e).__name__}: {e} (details in {run.manifest})") from e
+        raise err from e
     return result
 
 
@@ -216,8 +214,9 @@ def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
                    max_length=recipe.train.max_length)
     print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; details in the run's audit.json)", flush=True)
     if result.errors and not force:
-        names = ", ".join(sorted({f.check for f in result.errors}))
-        raise UserError(f"the data audit found errors ({names}); fix the data (`tuneline data check FILE --fix DIR` "
+        from .data.audit import error_summary
+
+        raise UserError(f"the data audit found errors: {error_summary(result)}. Fix the data (`tuneline data check FILE --fix DIR` "
                         "writes cleaned copies) or train anyway with --force")
     return result
 
@@ -265,7 +264,8 @@ def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, pr
                       accelerator=accelerator, callbacks=callbacks)
     print(f"Training {trainer.plan.total_steps} steps ({trainer.plan.steps_per_epoch} per epoch) -> {run.path}",
           flush=True)
-    state = trainer.run_loop(resume=resume)
+    with faults.graceful_interrupt(enabled=not distributed.active()):
+        state = trainer.run_loop(resume=resume)
     if not distributed.is_main():
         return None  # rank 0 writes the model, evaluates and reports
     model = accelerator.unwrap_model(trainer.model)

@@ -211,6 +211,11 @@ class RetrainOptions(_Strict):
     min_feedback: int = Field(5, ge=1, description="corrected feedback rows needed to retrain")
 
 
+class MemoryOptions(_Strict):
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
+                                         "much less memory, slower steps")
+
+
 DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}
 
 
@@ -229,6 +234,7 @@ class Recipe(_Strict):
     trackers: TrackerOptions = TrackerOptions()
     drift: DriftOptions = DriftOptions()
     retrain: RetrainOptions = RetrainOptions()
+    memory: MemoryOptions = MemoryOptions()
     output: Optional[str] = Field(None, description="run folder; default runs/<recipe name>")
     trust_remote_code: bool = False
     search: Optional[SearchConfig] = Field(None, description="hyperparameter search for tuneline tune")
@@ -310,6 +316,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         raise UserError(f"{path}: recipe file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a recipe is a YAML text file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

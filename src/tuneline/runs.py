@@ -47,6 +47,21 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(tmp_dir, final_dir)
 
 
+def inside(base: Path, relative: str, source: str) -> Path:
+    """A path a run folder's own files name (model_dir, held-out splits), kept inside that folder:
+    a copied or edited run folder must not make us read files elsewhere."""
+    from .errors import UserError
+
+    base = Path(base).resolve()
+    if not isinstance(relative, str) or not relative:
+        raise UserError(f"{source}: expected a path inside the run folder, got {relative!r}")
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base):
+        raise UserError(f"{source}: {relative!r} points outside the run folder {base}; the run folder is "
+                        "damaged or was edited by hand; train it again")
+    return target
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("tuneline", "torch", "transformers", "peft", "accelerate", "safetensors", "scikit-learn", "datasets"):

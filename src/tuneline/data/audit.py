@@ -244,6 +244,11 @@ def check_imbalance(items: list[Item], out: Findings) -> dict:
     f.count = len(few) if few else (1 if sev == "warning" else 0) or 1
     f.examples.append({"file": items[0].file, "line": None, "distribution": dist,
                        "majority_minority_ratio": round(ratio, 2), "labels_under_5_rows": few})
+    if len(train) < 2:
+        # every other label is "unseen" then; the one label is the cause worth naming
+        out.get("imbalance", "error", f"only one label ({most[0]!r}) in train; a classifier needs 2 or more").add(
+            next(it.file for it in items if it.split == "train"), None, labels=list(train))
+        return dist
     for it in items:
         if it.split != "train" and it.target not in train:
             out.get("imbalance", "error", "labels in validation/test that never occur in train").add(
@@ -423,6 +428,18 @@ def audit(splits: dict[str, Rows], task: str, *, text_column: str | None = None,
     for (file, line) in drop_reasons:
         drop[file].add(line)
     return AuditResult(rows_count, out.as_list(), dict(drop), drop_reasons)
+
+
+def error_summary(result: AuditResult) -> str:
+    """The audit's errors in one line each: check, what, and the first file:line it was seen at."""
+    parts = []
+    for f in result.errors:
+        ex = f.examples[0] if f.examples else {}
+        where = f"{ex['file']}:{ex['line']}" if ex.get("line") else ex.get("file", "")
+        detail = ", ".join(f"{k}={v!r}" for k, v in ex.items() if k not in ("file", "line") and v is not None)
+        more = f" and {f.count - 1} more" if f.count > 1 else ""
+        parts.append(f"{f.check}: {f.message} (first at {where}{' ' + detail if detail else ''}{more})"[:300])
+    return "; ".join(parts)
 
 
 def format_table(result: AuditResult) -> str:

@@ -66,30 +66,71 @@ def read_rows(path: str | Path, lenient: bool = False) -> Rows:
     else:
         raise UserError(f"{path}: unknown data format {suffix!r}; use .jsonl, .csv, .tsv, .parquet or a datasets folder")
     if not rows.records and not (lenient and rows.invalid):
-        raise UserError(f"{path}: no rows")
+        raise UserError(f"{path}: no rows (the file is empty or holds only blank lines or a header); "
+                        "give a file with one row per line")
     return rows
 
 
 def _read_jsonl(path: Path) -> Rows:
     records, lines, cols = [], [], {}
-    with path.open("r", encoding="utf-8-sig") as f:
-        try:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
-                if not isinstance(obj, dict):
-                    raise UserError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
-                records.append(obj)
-                lines.append(n)
-                for k in obj:
-                    cols.setdefault(k, None)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    _refuse_binary(path)
+    # bytes, decoded line by line: a bad byte is reported with its line, not a file offset
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason} at column {e.start + 1}); "
+                                "save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                msg = e.msg.removesuffix(" at")  # "Invalid control character at"
+                raise UserError(f"{path}:{n}: not valid JSON ({msg} at column {e.colno}); each line must be one JSON object") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}; "
+                                "JSON Lines files hold one JSON object per line, e.g. {\"text\": ..., \"label\": ...}")
+            records.append(obj)
+            lines.append(n)
+            for k in obj:
+                cols.setdefault(k, None)
     return Rows(str(path), records, lines, list(cols))
+
+
+# Magic bytes of files that are not text at all: say what the file is instead of "bad byte".
+_BINARY_KINDS = (
+    (b"\x1f\x8b", "gzip-compressed; decompress it first (gunzip)"),
+    (b"PK\x03\x04", "a ZIP archive (or an .xlsx/.docx file); export the rows as .jsonl or .csv"),
+    (b"\xff\xfe\x00\x00", "UTF-32 text; save it as UTF-8"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text; save it as UTF-8"),
+    (b"\xff\xfe", "UTF-16 text; save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
+    (b"\x89PNG", "a PNG image, not rows of text"),
+    (b"%PDF", "a PDF document, not rows of text"),
+    (b"PAR1", "a Parquet file; give it the .parquet extension"),
+)
+
+
+def _refuse_binary(path: Path) -> None:
+    with path.open("rb") as f:
+        head = f.read(4)
+    for magic, what in _BINARY_KINDS:
+        if head.startswith(magic):
+            raise UserError(f"{path}:1: this file is {what}")
+
+
+def _first_bad_utf8_line(path: Path) -> tuple[int, UnicodeDecodeError]:
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return n, e
+    raise AssertionError("no undecodable line")  # pragma: no cover - only called after a decode error
 
 
 def _read_jsonl_lenient(path: Path) -> Rows:
@@ -120,8 +161,15 @@ def _read_jsonl_lenient(path: Path) -> Rows:
     return Rows(str(path), records, lines, list(cols), invalid, bad_utf8)
 
 
+# csv's default field limit (128 KiB) rejects long documents; a row is read into memory anyway.
+_CSV_FIELD_LIMIT = 64 << 20
+
+
 def _read_csv(path: Path, delimiter: str) -> Rows:
     records, lines = [], []
+    _refuse_binary(path)
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    reader = None
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
@@ -137,9 +185,11 @@ def _read_csv(path: Path, delimiter: str) -> Rows:
                 records.append(dict(rec))
                 lines.append(n)
     except csv.Error as e:
-        raise UserError(f"{path}: malformed CSV: {e}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+        where = f"{path}:{reader.line_num}" if reader is not None and reader.line_num else str(path)
+        raise UserError(f"{where}: malformed CSV: {e}; check the quoting around this line") from None
+    except UnicodeDecodeError:
+        n, e = _first_bad_utf8_line(path)
+        raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason} at column {e.start + 1}); save the file as UTF-8") from None
     return Rows(str(path), records, lines, list(header))
 
 
@@ -149,7 +199,8 @@ def _read_parquet(path: Path) -> Rows:
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a broken file
-        raise UserError(f"{path}: cannot read Parquet: {e}") from None
+        raise UserError(f"{path}: cannot read Parquet ({str(e).splitlines()[0][:200]}); the file is damaged or "
+                        "not Parquet: write it again, or give the rows as .jsonl / .csv") from None
     records = table.to_pylist()
     return Rows(str(path), records, list(range(1, len(records) + 1)), table.column_names)
 
@@ -163,7 +214,8 @@ def _read_datasets_folder(path: Path) -> Rows:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:
-        raise UserError(f"{path}: cannot load datasets folder: {e}") from None
+        raise UserError(f"{path}: cannot load the datasets folder ({str(e).splitlines()[0][:200]}); save it again "
+                        "with Dataset.save_to_disk, or give the rows as .jsonl") from None
     if isinstance(ds, datasets.DatasetDict):
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]

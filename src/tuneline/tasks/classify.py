@@ -100,6 +100,11 @@ class ClassifyTask:
                      TEXT_COLUMNS, "data.text_column", rows.path)
         label = _pick(rows.columns, d.label_column or (None if _known(rows, LABEL_COLUMNS) else guess_label),
                       LABEL_COLUMNS, "data.label_column", rows.path)
+        if text == label and not (d.text_column and d.label_column):
+            # one usable column was found for both roles: the other one is missing
+            missing = "label" if d.text_column or text.lower() in TEXT_COLUMNS else "text"
+            raise UserError(f"{rows.path}: cannot tell which column is the {missing} (columns: "
+                            f"{', '.join(rows.columns)}); set data.{missing}_column in the recipe")
         if text == label:
             raise UserError(f"{rows.path}: text and label column are both {text!r}; set data.text_column / data.label_column")
         return text, label
@@ -110,6 +115,9 @@ class ClassifyTask:
         texts, labels = [], []
         for i, rec in enumerate(rows.records):
             t = rec.get(text_col)
+            if t is not None and not isinstance(t, str):
+                raise UserError(f"{rows.where(i)}: {text_col!r} must be text, got {type(t).__name__} ({str(t)[:40]}); "
+                                "quote it, or point data.text_column at the text")
             if not isinstance(t, str) or not t.strip():
                 raise UserError(f"{rows.where(i)}: {text_col!r} is missing or empty; every row needs text")
             texts.append(t)
