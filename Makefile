@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/tuneline train examples/reviews/recipe.yaml --overwrite
 
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup browser
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -7,7 +7,7 @@ import html
 import json
 import os
 
-from ..report import _png
+from ..plots import _png
 from ..runs import RunDir, atomic_write_text
 from .budget import fmt_seconds
 from .study import StudyDir
