@@ -2,7 +2,6 @@
 predictions that recompute to eval.json, the report, the model card, report/compare commands."""
 
 import json
-import math
 import random
 import shutil
 import subprocess

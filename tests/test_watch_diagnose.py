@@ -3,7 +3,6 @@ overfit (tiny data with random labels, many epochs)."""
 
 import json
 import random
-import pytest
 
 import tuneline
 from tuneline.diagnose import diagnose

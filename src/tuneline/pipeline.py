@@ -14,7 +14,7 @@ from . import distributed, faults, hardware, preflight
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
 from .data.replay import load_replay
 from .data.split import split_rows
-from .errors import RunFailed, RunStopped, UserError
+from .errors import RunStopped, UserError
 from .methods import apply_method, count_parameters
 from .models import resolve_model, load_tokenizer
 from .recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
