@@ -11,17 +11,7 @@ from .cli_format import HEADLINE, _fmt
 from .errors import UserError
 from .report import STYLE, read_json
 from .runs import RunDir, atomic_write_text
-
-
-def _flatten(d, prefix="") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+from .trackers import flatten
 
 
 def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -32,7 +22,7 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
         if not run.manifest.exists():
             raise UserError(f"{p}: not a run folder (run.json missing)")
         recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.exists() else {}
-        runs.append((run, _flatten(recipe), run.read_manifest(), read_json(run.eval_file, {})))
+        runs.append((run, flatten(recipe or {}), run.read_manifest(), read_json(run.eval_file, {})))
     tasks = {m.get("task") for _, _, m, _ in runs}
     rows: list[tuple[str, list[str]]] = []
     keys = sorted({k for _, r, _, _ in runs for k in r})
