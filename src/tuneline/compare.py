@@ -29,7 +29,7 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
     for k in keys:
         vals = [r.get(k) for _, r, _, _ in runs]
         if len({repr(v) for v in vals}) > 1:
-            rows.append((f"recipe {k}", [_fmt(v) for v in vals]))
+            rows.append((f"recipe {k}", [f"{v:g}" if isinstance(v, float) else _fmt(v) for v in vals]))  # 5e-05, not 0.0001
     for k in [k for t in sorted(t for t in tasks if t) for k in HEADLINE.get(t, ())]:
         rows.append((f"test {k} (tuned)", [_fmt(e.get("tuned", {}).get(k)) for *_, e in runs]))
         rows.append((f"test {k} (baseline)", [_fmt(e.get("baseline", {}).get(k)) for *_, e in runs]))
