@@ -15,11 +15,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import sharding
 from .runs import atomic_write_json, replace_dir
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the trainable weights. A sharded model's are gathered, which every rank
+    must take part in; ranks that will not write pass keep=False and hold nothing."""
+    out = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if sharding.is_sharded(p):
+            t = sharding.full(p)
+        elif keep:
+            t = p.detach().cpu().contiguous().clone()
+        if keep:
+            out[n] = t
+    return out
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -29,28 +42,39 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
         raise RuntimeError(f"checkpoint does not match the model: unknown parameters {missing[:3]}")
     with torch.no_grad():
         for n, t in state.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+            p = params[n]
+            p.copy_(sharding.shard_like(t, p) if sharding.is_sharded(p) else t.to(p.device, p.dtype))
 
 
-def save_weights(model: torch.nn.Module, folder: Path) -> None:
+def save_weights(model: torch.nn.Module, folder: Path, write: bool = True) -> None:
+    """write=False: a sharded model's other ranks, which only help gather."""
+    weights = trainable_state(model, keep=write)
+    if not write:
+        return
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict) -> None:
+def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict, write: bool = True) -> None:
+    """write=False as for save_weights. A sharded run's files are those of an unsharded one."""
+    sharded = any(sharding.is_sharded(p) for p in model.parameters())
+    weights = trainable_state(model, keep=write)
+    optim_state = sharding.full_optimizer_state(optimizer, keep=write) if sharded else optimizer.state_dict()
+    if not write:
+        return
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optim_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -78,7 +102,10 @@ def find_checkpoint(folder: Path) -> Path | None:
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     folder = Path(folder)
     load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
-    optimizer.load_state_dict(_load_tensors(folder / "optimizer.pt"))
+    optim_state = _load_tensors(folder / "optimizer.pt")
+    if any(sharding.is_sharded(p) for p in model.parameters()):
+        optim_state = sharding.shard_optimizer_state(optim_state, optimizer)
+    optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(_load_tensors(folder / "scheduler.pt"))
     rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])

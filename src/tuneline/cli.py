@@ -43,7 +43,10 @@ def train(
     from . import distributed
     from .pipeline import train as run_train
 
-    if nproc > 1 and not distributed.active() and not dry_run:
+    if distributed.launched():
+        if nproc > 1 and distributed.is_main() and nproc != distributed.world()[1]:
+            print(f"--nproc {nproc} ignored: torchrun started {distributed.world()[1]} processes", flush=True)
+    elif nproc > 1 and not dry_run:
         argv = sys.argv[1:]
         i = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
         del argv[i:i + (1 if "=" in argv[i] else 2)]

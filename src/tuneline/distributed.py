@@ -22,6 +22,11 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def launched() -> bool:
+    """Started by torchrun (any world size, this node or several): never relaunch."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def is_main() -> bool:
     return world()[0] == 0
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, faults
+from . import distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from .data.batching import epoch_batches
 from .guard import DivergenceGuard
@@ -80,21 +80,42 @@ class Trainer:
         es = self.tc.early_stopping
         self.watch = es.metric if es else task.default_metric
         self.mode = es.resolved_mode() if es else ("min" if self.watch in ("loss", "perplexity") else "max")
-        self.optimizer = build_optimizer(model, self.tc)
-        self.scheduler = build_scheduler(self.optimizer, self.tc, self.plan)
         self.main = distributed.is_main()
-        if distributed.active():
+        # fsdp needs more than one process; with one it is plain training
+        self.sharded = self.tc.sharding == "fsdp" and distributed.active()
+        self.root = None  # the FSDP root module: every forward computation goes through it
+        if self.sharded:
+            # FSDP moves each unit to the device as it shards it: the whole model never sits there at once
+            self.root, units = sharding.shard(self.model, self.acc.device, distributed.world()[1])
+            print(f"FSDP: {units} block units + root, sharded over {distributed.world()[1]} processes", flush=True)
+        elif distributed.active():
             # gradients are averaged by hand (see distributed.py), so no DDP wrapper
             self.model = self.model.to(self.acc.device)
-            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        else:
+        # after sharding: the optimizer must hold the sharded parameters
+        self.optimizer = build_optimizer(self.model, self.tc)
+        self.scheduler = build_scheduler(self.optimizer, self.tc, self.plan)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not distributed.active():
             self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.eval_batch = self.tc.eval_batch_size or self.tc.batch_size * 2
         self.guard = DivergenceGuard(self.tc.divergence, run, self.tc.lr, self.tc.max_grad_norm)
 
     # ------------------------------------------------------------------
+    def _run(self, fn):
+        """fn(model), through the FSDP root when sharded (its hooks gather the weights)."""
+        return self.root(fn) if self.root is not None else fn(self.model)
+
     def evaluate(self) -> dict:
-        return self.task.evaluate(self.model, self.val_data, self.labels, self.pad_id, self.eval_batch, self.acc.device)
+        return self._run(lambda m: self.task.evaluate(m, self.val_data, self.labels, self.pad_id, self.eval_batch,
+                                                      self.acc.device))
+
+    def _save_weights(self, folder) -> None:
+        if self.main or self.sharded:  # sharded: every rank helps gather, rank 0 writes
+            save_weights(self.model, folder, write=self.main)
+
+    def _save_checkpoint(self, state: dict) -> None:
+        if self.main or self.sharded:
+            save_checkpoint(self.run.last_ckpt, self.model, self.optimizer, self.scheduler, state, write=self.main)
 
     def _improved(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -136,7 +157,7 @@ class Trainer:
                     batch = self.task.collate(self.train_data, rows, self.pad_id)
                     batch = {k: v.to(self.acc.device) for k, v in batch.items()}
                     with self.acc.autocast():
-                        loss = self.task.loss(self.model, batch) * weight
+                        loss = self._run(lambda m: self.task.loss(m, batch)) * weight
                     self.guard.check_loss(loss.item(), state["step"] + 1, state)
                     self.acc.backward(loss / (end - start))
                     step_loss += loss.item() / (end - start)
@@ -148,12 +169,17 @@ class Trainer:
                     state["computed_tokens"] = state.get("computed_tokens", 0) + computed
                     log_tokens += real
                 if distributed.active():
-                    distributed.average_gradients(self.trainable)
+                    if not self.sharded:  # FSDP has reduce-scattered and averaged them already
+                        distributed.average_gradients(self.trainable)
                     step_loss = distributed.all_sum([step_loss])[0] / distributed.world()[1]
                 if tc.max_grad_norm or self.guard.watches_gradients:
                     # max_norm inf: the norm without clipping, for the guard; after the all-reduce,
                     # so every process sees the same norm and stops at the same step
-                    grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm or math.inf))
+                    max_norm = tc.max_grad_norm or math.inf
+                    if self.sharded:  # the global norm over every rank's shards
+                        grad_norm = sharding.clip_grad_norm(self.trainable, max_norm)
+                    else:
+                        grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), max_norm))
                     self.guard.check_grad_norm(grad_norm, state["step"] + 1, state)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -204,8 +230,7 @@ class Trainer:
                     tqdm.write(f"[eval step {step}] {shown}") if tty else print(f"[eval step {step}] {shown}", flush=True)
                     if self._improved(value, state["best"]):
                         state.update(best=value, best_step=step, bad_evals=0)
-                        if self.main:
-                            save_weights(self.model, run.best_ckpt)
+                        self._save_weights(run.best_ckpt)
                     else:
                         state["bad_evals"] += 1
                         es = tc.early_stopping
@@ -217,12 +242,12 @@ class Trainer:
                             last = True
                     self.model.train()
                 do_save = (step % tc.save_every == 0) if tc.save_every else do_eval
-                if do_save and not last and self.main:
-                    save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
+                if do_save and not last:
+                    self._save_checkpoint(state)
                 if faults.stop_requested():  # Ctrl-C: stop at this step boundary, resumable exactly
                     bar.close()
                     if not (do_save and not last):  # not saved at this step yet
-                        save_checkpoint(run.last_ckpt, self.model, self.optimizer, self.scheduler, state)
+                        self._save_checkpoint(state)
                     raise faults.Interrupted(state["step"])
                 if last:
                     done = True

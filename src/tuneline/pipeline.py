@@ -266,10 +266,39 @@ def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, pr
           flush=True)
     with faults.graceful_interrupt(enabled=not distributed.active()):
         state = trainer.run_loop(resume=resume)
+    if trainer.sharded:
+        model = _unsharded_model(trainer, task, source, recipe, tokenizer, prepared.labels, state)
+    else:
+        model = accelerator.unwrap_model(trainer.model)
+    del trainer
     if not distributed.is_main():
         return None  # rank 0 writes the model, evaluates and reports
-    model = accelerator.unwrap_model(trainer.model)
     return finish_run(recipe, task, source, tokenizer, prepared, run, model, state, started)
+
+
+def _unsharded_model(trainer, task, source, recipe, tokenizer, labels, state):
+    """The trained model as a plain one on rank 0 (None elsewhere), for finish_run: rebuilt from the
+    source like at the start, then given the trained weights. finish_run restores the best
+    checkpoint's weights anyway; the final ones are gathered only when there is none."""
+    from .checkpoint import load_trainable_state, trainable_state
+
+    main = distributed.is_main()
+    final = trainable_state(trainer.model, keep=main) if state["best_step"] is None else {}
+    if not main:
+        return None
+    trainer.root = trainer.model = trainer.optimizer = None  # drop the shards before the full copy is built
+    model = apply_method(task.load_model(source.path, recipe, tokenizer, labels), recipe)
+    load_trainable_state(model, final)
+    device = trainer.acc.device
+    if device.type != "cpu":
+        # the test evaluation runs on rank 0 alone: on its device if the whole model fits there
+        try:
+            model.to(device)
+        except torch.OutOfMemoryError:
+            model.to("cpu")
+            torch.cuda.empty_cache()
+            print("The trained model does not fit one device: the test evaluation runs on the CPU.", flush=True)
+    return model
 
 
 @dataclass

@@ -79,6 +79,9 @@ class TrainConfig(_Strict):
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="experiment trackers (optional extras: pip install tuneline[NAME])")
     divergence: DivergenceConfig = DivergenceConfig()
+    sharding: Literal["none", "fsdp"] = Field(
+        "none", description="fsdp: shard weights, gradients and optimizer state over the processes of --nproc / "
+        "torchrun (PyTorch FSDP2); none: every process holds the whole model")
     replay: Optional[ReplayConfig] = None
 
     @field_validator("report_to", mode="before")
