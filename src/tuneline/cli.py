@@ -50,10 +50,21 @@ def train(
         argv = sys.argv[1:]
         i = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
         del argv[i:i + (1 if "=" in argv[i] else 2)]
-        return distributed.launch(argv, nproc)
+        return distributed.launch(argv, nproc, sharded=_sharding(recipe, set_) == "fsdp")
 
     run_train(recipe, overrides=set_, output=output, resume=resume, overwrite=overwrite, force=force,
               dry_run=dry_run)
+
+
+def _sharding(recipe: Path, overrides: list[str]) -> str | None:
+    """train.sharding, read before the relaunch; a bad recipe is reported by the processes themselves."""
+    from .errors import UserError
+    from .recipe import load_recipe
+
+    try:
+        return load_recipe(recipe, overrides)[0].train.sharding
+    except UserError:
+        return None
 
 
 from .cli_tune import tune as _tune  # noqa: E402  (own module: merge-friendly)

@@ -78,13 +78,19 @@ def all_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def launch(argv: list[str], nproc: int) -> int:
+def launch(argv: list[str], nproc: int, sharded: bool = False) -> int:
     """Re-run this command under torchrun with nproc processes on this machine; each process
     gets an equal share of the CPU threads."""
-    from .hardware import physical_cores
+    from .hardware import device_type, physical_cores
 
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, physical_cores() // nproc)))
+    if sharded and device_type() == "cpu":
+        # FSDP's gathered weights and full-size gradients are freed after every block. glibc's
+        # adaptive threshold then serves such blocks from the heap, which it keeps: measured on a
+        # 134M Llama, per-process RSS stayed at plain data-parallel level (3.4 vs 3.2 GiB peak)
+        # until large blocks were always mmap-ed (2.0 vs 3.0 GiB).
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "tuneline", *argv]
     return subprocess.run(cmd, env=env).returncode

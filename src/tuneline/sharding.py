@@ -1,8 +1,8 @@
 """Sharded data parallelism (`train.sharding: fsdp`) with PyTorch FSDP2 (`fully_shard`).
 
-Every transformer block is one FSDP unit; a thin root module holds the rest (embeddings, final norm, output layer, task head,
-PEFT prompt encoders). Parameters, gradients and AdamW state are dim-0 shards (DTensors) on their
-rank; a unit's full weights exist only while it computes. Gradients are reduce-scattered and
+Every transformer block is one FSDP unit; a thin root module holds the rest (embeddings, final
+norm, output layer, task head, PEFT prompt encoders). Parameters, gradients and AdamW state are
+dim-0 shards (DTensors) on their rank; a unit's full weights exist only while it computes. Gradients are reduce-scattered and
 averaged by FSDP itself, so the loop's manual all-reduce is skipped.
 
 Every computation runs inside the root's forward, as a function of the model: the generate loss
