@@ -53,6 +53,13 @@ def train_generate_run(folder, tiny_llama):
     return tuneline.train(recipe).path
 
 
+def shared_generate_run(tmp_path_factory, tiny_llama):
+    """One tiny LoRA chat run for the serve tests of a session (read-only, like the classifier's)."""
+    if "generate" not in _TRAINED:
+        _TRAINED["generate"] = train_generate_run(tmp_path_factory.mktemp("serve_gen"), tiny_llama)
+    return _TRAINED["generate"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ from tuneline.serve.batcher import MicroBatcher
 from tuneline.serve.schemas import Limits
 from tuneline.serve.store import Store
 
-from serve_helpers import LiveServer, free_port, shared_classify_run, train_generate_run
+from serve_helpers import LiveServer, free_port, shared_classify_run, shared_generate_run
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def cls_run(tmp_path_factory, tiny_bert):
 
 @pytest.fixture(scope="module")
 def gen_run(tmp_path_factory, tiny_llama):
-    return train_generate_run(tmp_path_factory.mktemp("serve_gen"), tiny_llama)
+    return shared_generate_run(tmp_path_factory, tiny_llama)
 
 
 def make_client(run, tmp_path, **kw):

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import schemas
@@ -165,8 +167,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                         for e in exc.errors()]},
                             status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException is a subclass
+    async def _http(request: Request, exc: StarletteHTTPException):
         if exc.status_code >= 500 or exc.status_code == 400:
             _log_failure(request, exc.status_code, str(exc.detail))
         return JSONResponse({"error": {"message": exc.detail, "type": "invalid_request_error"}},
@@ -179,6 +181,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return _error(500, message, "server_error")
 
     def _log_failure(request: Request, status: int, message: str):
+        # Failure rows are written in the background: nobody is told they exist, so nothing waits.
         if request.url.path in MODEL_ENDPOINTS:
             store.log_request(id=_new_id("err"), endpoint=request.url.path, model_version=served.current.id,
                               inputs=None, input_tokens=None, output=None, latency_ms=0.0, status=status,
@@ -196,9 +199,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         latency = (time.perf_counter() - t0) * 1000
         tokens = sum(p.pop("tokens") for p in preds)
         metrics.tokens.labels("input").inc(tokens)
-        store.log_request(id=rid, endpoint="/v1/classify", model_version=version, inputs=texts, input_tokens=tokens,
-                          output=preds, label=preds[0]["label"], confidence=preds[0]["score"],
-                          latency_ms=latency, n_inputs=len(texts))
+        await _acknowledged(store.log_request(id=rid, endpoint="/v1/classify", model_version=version, inputs=texts,
+                                              input_tokens=tokens, output=preds, label=preds[0]["label"],
+                                              confidence=preds[0]["score"], latency_ms=latency, n_inputs=len(texts)))
         drift.observe(texts, preds)
         out = {"id": rid, "request_id": rid, "object": "classification", "model": served.name,
                "model_version": version, "results": preds}
@@ -222,18 +225,27 @@ def create_app(settings: ServeSettings) -> FastAPI:
                           g.temperature if body.temperature is None else body.temperature,
                           g.top_p if body.top_p is None else body.top_p, body.stops())
 
-    def _record(rid, endpoint, version, inputs, results, t0, n_inputs, texts_for_drift):
+    async def _acknowledged(done) -> None:
+        """Answer only once the row is committed: a request id a client holds is in the store."""
+        try:
+            await store.committed(done)
+        except Exception as e:
+            raise HTTPException(503, f"the monitoring store could not record this request ({type(e).__name__}); "
+                                     "nothing was kept, try again") from None
+
+    async def _record(rid, endpoint, version, inputs, results, t0, n_inputs, texts_for_drift):
         latency = (time.perf_counter() - t0) * 1000
         n_in = sum(r["prompt_tokens"] for r in results)
         n_out = sum(r["completion_tokens"] for r in results)
         metrics.tokens.labels("input").inc(n_in)
         metrics.tokens.labels("output").inc(n_out)
         first = results[0]
-        store.log_request(id=rid, endpoint=endpoint, model_version=version, inputs=inputs, input_tokens=n_in,
-                          output=[r["text"] for r in results], label=first.get("label"),
-                          confidence=first.get("score"), output_tokens=n_out, latency_ms=latency,
-                          n_inputs=n_inputs)
+        done = store.log_request(id=rid, endpoint=endpoint, model_version=version, inputs=inputs, input_tokens=n_in,
+                                 output=[r["text"] for r in results], label=first.get("label"),
+                                 confidence=first.get("score"), output_tokens=n_out, latency_ms=latency,
+                                 n_inputs=n_inputs)
         drift.observe(texts_for_drift, [r for r in results if "label" in r] or None)
+        await _acknowledged(done)
 
     @app.post("/v1/chat/completions", dependencies=protected, tags=["openai"])
     async def chat_completions(body: ChatRequest):
@@ -245,7 +257,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             return _stream(rid, created, "chat.completion.chunk", conv, opts, t0, "/v1/chat/completions",
                            conv, user_text)
         results, version = await _answers([conv], opts)
-        _record(rid, "/v1/chat/completions", version, conv, results, t0, 1, [user_text])
+        await _record(rid, "/v1/chat/completions", version, conv, results, t0, 1, [user_text])
         r = results[0]
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": served.name,
@@ -267,7 +279,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             return _stream(rid, created, "text_completion", convs[0], opts, t0, "/v1/completions", prompts,
                            prompts[0])
         results, version = await _answers(convs, opts)
-        _record(rid, "/v1/completions", version, prompts, results, t0, len(prompts), prompts)
+        await _record(rid, "/v1/completions", version, prompts, results, t0, len(prompts), prompts)
         return JSONResponse({
             "id": rid, "object": "text_completion", "created": created, "model": served.name,
             "system_fingerprint": version,
@@ -294,22 +306,26 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     def _stream(rid, created, obj, conv, opts: GenOptions, t0, endpoint, inputs, drift_text):
+        """Server-sent events. The `[DONE]` event is the acknowledgement of a stream: it is sent only
+        after the request's row has committed. A client that leaves before the answer is complete
+        gets one row with status 499 and the text sent so far, and its generation stops."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         version = served.current.id
+        cancel = threading.Event()
 
         async def events():
             if served.current.task == "generate":
                 job = asyncio.ensure_future(batcher.run_on_model_thread(
-                    served.generate_stream, conv, opts, lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t)))
-                job.add_done_callback(lambda _: pieces.put_nowait(None))
+                    served.generate_stream, conv, opts, lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t),
+                    cancel))
             else:
                 job = asyncio.ensure_future(_answers([conv], opts))
-                job.add_done_callback(lambda _: pieces.put_nowait(None))
-            status, error = 200, None
+            job.add_done_callback(lambda _: pieces.put_nowait(None))
+            failure, recording, emitted = None, False, ""
             try:
                 yield _chunk(rid, created, obj, "", None, version, first=True)
-                held, emitted, stopped = "", "", False
+                held, stopped = "", False
                 longest_stop = max((len(s) for s in opts.stop), default=0)
                 while True:
                     piece = await pieces.get()
@@ -330,22 +346,31 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 # what the streamer held back (a possible stop-string start, the last word)
                 rest = r["text"][len(emitted):] if r["text"].startswith(emitted) else ""
                 if rest and not stopped:
+                    emitted += rest
                     yield _chunk(rid, created, obj, rest, None, version_done)
                 finish = "stop" if stopped else r["finish_reason"]
                 yield _chunk(rid, created, obj, None, finish, version_done)
+                # From here the answer is complete: its 200 row stands even if the client leaves now.
+                recording = True
+                await _record(rid, endpoint, version_done, inputs, results, t0, 1, [drift_text])
                 yield "data: [DONE]\n\n"
-                _record(rid, endpoint, version_done, inputs, results, t0, 1, [drift_text])
-            except asyncio.CancelledError:
-                status, error = 499, "client closed the stream"
+            except (asyncio.CancelledError, GeneratorExit):  # the client closed the connection
+                if not recording:
+                    failure = (499, f"client closed the stream after {len(emitted)} characters")
                 raise
             except Exception as e:
-                status, error = 500, f"{type(e).__name__}: {e}"
-                yield f"data: {json.dumps({'error': {'message': error, 'type': 'server_error'}})}\n\n"
+                message = e.detail if isinstance(e, HTTPException) else f"{type(e).__name__}: {e}"
+                if not recording:
+                    failure = (500, message)
+                yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
             finally:
-                if status != 200:
+                cancel.set()  # a generation still running for a client that left stops at its next token
+                if not job.done():  # its outcome is no one's now; retrieve it so asyncio does not warn
+                    job.add_done_callback(lambda j: j.cancelled() or j.exception())
+                if failure:
                     store.log_request(id=rid, endpoint=endpoint, model_version=version, inputs=inputs,
-                                      input_tokens=None, output=None, latency_ms=(time.perf_counter() - t0) * 1000,
-                                      status=status, error=error)
+                                      input_tokens=None, output=[emitted], latency_ms=(time.perf_counter() - t0) * 1000,
+                                      status=failure[0], error=failure[1])
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
@@ -359,7 +384,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post("/v1/feedback", dependencies=protected, tags=["feedback"])
     async def feedback(body: FeedbackRequest):
         """Thumbs up / down, a corrected label or answer, a comment, for one earlier request."""
-        await asyncio.to_thread(store.flush)  # the request row may still be queued
+        # no flush needed: a request id reaches a client only after its row has committed
         req = await asyncio.to_thread(store.get_request, body.request_id)
         if req is None or req["status"] != 200:
             raise HTTPException(404, f"request_id {body.request_id!r}: no answered request with this id")
@@ -372,9 +397,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if body.corrected_label not in labels:
                 return _error(422, f"corrected_label: {body.corrected_label!r} is not a label of this model "
                                    f"(labels: {', '.join(labels)})")
-        store.log_feedback(request_id=body.request_id, item=body.item, rating=body.rating,
-                           corrected_label=body.corrected_label, corrected_answer=body.corrected_answer,
-                           comment=body.comment)
+        await _acknowledged(store.log_feedback(request_id=body.request_id, item=body.item, rating=body.rating,
+                                               corrected_label=body.corrected_label,
+                                               corrected_answer=body.corrected_answer, comment=body.comment))
         return {"ok": True, "request_id": body.request_id}
 
     # -- operations ----------------------------------------------------------------------------

@@ -72,6 +72,11 @@ class Guard:
 
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
+                if _declared_length(scope) > self.max_body:
+                    # Refused on the header alone: nothing of the body is read (and a client that
+                    # sent `Expect: 100-continue` is never asked to send it).
+                    await self._reject(send_wrapper)
+                    return
                 body, too_big = await self._read_body(receive)
                 if too_big:
                     await self._reject(send_wrapper)
@@ -105,6 +110,16 @@ class Guard:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _declared_length(scope) -> int:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:  # the server's HTTP parser refuses these before we see them
+                return 0
+    return 0
 
 
 def _replay(body: bytes, receive):

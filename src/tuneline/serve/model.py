@@ -10,6 +10,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import StoppingCriteria
+
 from ..inference import LoadedRun, load_run
 
 
@@ -81,13 +84,24 @@ class ServedModel:
         text = run.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
         return min(len(run.tokenizer(text, add_special_tokens=False)["input_ids"]), run.max_length)
 
-    def _gen_call(self, run: LoadedRun, convs, opts: GenOptions, **extra) -> list[str]:
+    def _gen_call(self, run: LoadedRun, convs, opts: GenOptions, cancelled: threading.Event | None = None,
+                  **extra) -> list[str]:
+        from transformers import StopStringCriteria, StoppingCriteriaList
+
         options = run.recipe.generate.model_copy(update={
             "max_new_tokens": opts.max_new_tokens, "temperature": opts.temperature, "top_p": opts.top_p})
+        criteria = StoppingCriteriaList()
         if opts.stop:
-            from transformers import StopStringCriteria, StoppingCriteriaList
-
-            extra["stopping_criteria"] = StoppingCriteriaList([StopStringCriteria(run.tokenizer, list(opts.stop))])
+            try:
+                criteria.append(StopStringCriteria(run.tokenizer, list(opts.stop)))
+            except ValueError:
+                # A stop string no token can spell (characters outside the vocabulary): generation
+                # cannot stop on it early; the answer is still cut at it afterwards (cut_at_stop).
+                pass
+        if cancelled is not None:
+            criteria.append(_UntilCancelled(cancelled))
+        if criteria:
+            extra["stopping_criteria"] = criteria
         return run.task.generate(run.model, run.tokenizer, convs, options, batch_size=max(1, len(convs)),
                                  max_length=run.max_length, **extra)
 
@@ -114,8 +128,10 @@ class ServedModel:
         return {"text": text, "finish_reason": finish, "prompt_tokens": self.prompt_tokens(run, conv),
                 "completion_tokens": n_out}
 
-    def generate_stream(self, conv: list[dict], opts: GenOptions, on_text) -> tuple[list[dict], str]:
-        """Generate one answer, calling on_text(piece) as text becomes final. Runs on the model thread."""
+    def generate_stream(self, conv: list[dict], opts: GenOptions, on_text,
+                        cancelled: threading.Event | None = None) -> tuple[list[dict], str]:
+        """Generate one answer, calling on_text(piece) as text becomes final. Runs on the model thread.
+        Setting `cancelled` (the client left) ends generation at the next token, freeing the thread."""
         from transformers import TextStreamer
 
         v = self.current
@@ -128,5 +144,15 @@ class ServedModel:
                     on_text(text)
 
         streamer = _Streamer(run.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        text = self._gen_call(run, [conv], opts, streamer=streamer)[0]
+        text = self._gen_call(run, [conv], opts, cancelled, streamer=streamer)[0]
         return [self._result(run, conv, text, opts)], v.id
+
+
+class _UntilCancelled(StoppingCriteria):
+    """Fires for every sequence once the event is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -23,7 +23,18 @@ class Limits(BaseModel):
 LIMITS = Limits()  # replaced by the app factory; validators read it at request time
 
 
+def _check_unicode(value: str, what: str) -> str:
+    # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer or database can encode
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} holds an unpaired surrogate ({value[e.start]!r} at character {e.start}); "
+                         "send valid Unicode text") from None
+    return value
+
+
 def _check_text(value: str, what: str) -> str:
+    _check_unicode(value, what)
     if not value.strip():
         raise ValueError(f"{what} is empty")
     if len(value) > LIMITS.max_chars:
@@ -31,8 +42,10 @@ def _check_text(value: str, what: str) -> str:
     return value
 
 
+# Examples appear in /docs and are the first cases schemathesis sends (its explicit phase).
 class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"input": "the box arrived broken"}, {"input": ["love it", "it was okay"]}]})
     input: Union[str, list[str]] = Field(description="one text, or a list of texts")
     model: Optional[str] = Field(None, description="ignored: the service serves one model")
 
@@ -87,6 +100,10 @@ class _GenerationParams(BaseModel):
         items = [v] if isinstance(v, str) else (v or [])
         if len(items) > 4:
             raise ValueError("at most 4 stop sequences")
+        for i, stop in enumerate(items):
+            _check_unicode(stop, "stop" if isinstance(v, str) else f"stop[{i}]")
+            if len(stop) > 200:
+                raise ValueError(f"a stop sequence has {len(stop)} characters; the limit is 200")
         return v
 
     def stops(self) -> tuple[str, ...]:
@@ -95,6 +112,10 @@ class _GenerationParams(BaseModel):
 
 
 class ChatRequest(_GenerationParams):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16},
+        {"messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hi"}],
+         "temperature": 0.7, "top_p": 0.9, "stop": ["\n"], "stream": True}]})
     messages: list[Message]
     max_completion_tokens: Optional[int] = Field(None, ge=1)
 
@@ -122,6 +143,8 @@ class ChatRequest(_GenerationParams):
 
 
 class CompletionRequest(_GenerationParams):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"prompt": "Write a haiku about rain", "max_tokens": 16}, {"prompt": ["one", "two"], "stop": "."}]})
     prompt: Union[str, list[str]]
 
     @field_validator("prompt")
@@ -141,7 +164,8 @@ class CompletionRequest(_GenerationParams):
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"request_id": "cls-0123456789abcdef01234567", "rating": "down", "corrected_label": "negative"}]})
     request_id: str = Field(min_length=1, max_length=64)
     rating: Optional[Literal["up", "down"]] = Field(None, description="thumbs up or down")
     corrected_label: Optional[str] = Field(None, min_length=1, max_length=200)

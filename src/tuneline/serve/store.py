@@ -1,23 +1,30 @@
 """The monitoring store: every request and every feedback row, in SQLite (WAL) or any SQLAlchemy URL.
 
 Writes go through one background thread that inserts whatever has queued up in a single
-transaction: request handlers never wait on the database, SQLite sees one writer, and
-`close()` drains the queue, so a clean shutdown loses no row.
+transaction (group commit): SQLite sees one writer, and `close()` drains the queue, so a clean
+shutdown loses no row. Each write returns a future that resolves once its transaction has
+committed; the service answers a request only after that (`await store.committed(fut)`), so a
+row the client was told about survives a kill -9 of the process. WAL with synchronous=NORMAL
+makes a commit durable against a process crash (the WAL is written before the commit returns);
+a power cut may lose the last commits, which only synchronous=FULL (an fsync per commit) would keep.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, Text, create_engine, event,
                         func, insert, select)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from ..errors import UserError
 
@@ -60,7 +67,9 @@ def default_db_url(run_dir: str | Path) -> str:
 
 
 def hash_input(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    # surrogatepass: a lone surrogate that slipped through must not turn logging into a crash
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def make_engine(url: str) -> Engine:
@@ -105,7 +114,7 @@ class Store:
     def log_request(self, *, id: str, endpoint: str, model_version: str, inputs: Any, input_tokens: int | None,
                     output: Any, label: str | None = None, confidence: float | None = None,
                     output_tokens: int | None = None, latency_ms: float, status: int = 200,
-                    error: str | None = None, n_inputs: int = 1) -> None:
+                    error: str | None = None, n_inputs: int = 1) -> Future:
         row = {
             "id": id, "created": time.time(), "endpoint": endpoint, "model_version": model_version,
             "n_inputs": n_inputs, "input": json.dumps(inputs, ensure_ascii=False) if self.store_inputs else None,
@@ -114,21 +123,30 @@ class Store:
             "label": label, "confidence": confidence, "output_tokens": output_tokens,
             "latency_ms": latency_ms, "status": status, "error": error,
         }
-        self._put(("request", row))
+        return self._put("request", row)
 
     def log_feedback(self, *, request_id: str, item: int, rating: str | None, corrected_label: str | None,
-                     corrected_answer: str | None, comment: str | None) -> None:
-        self._put(("feedback", {"request_id": request_id, "created": time.time(), "item": item, "rating": rating,
-                                "corrected_label": corrected_label, "corrected_answer": corrected_answer,
-                                "comment": comment}))
+                     corrected_answer: str | None, comment: str | None) -> Future:
+        return self._put("feedback", {"request_id": request_id, "created": time.time(), "item": item,
+                                      "rating": rating, "corrected_label": corrected_label,
+                                      "corrected_answer": corrected_answer, "comment": comment})
 
-    def _put(self, item) -> None:
+    def _put(self, kind: str, row: dict) -> Future:
+        """Queue one row; the future is done when its transaction has committed (or failed)."""
         if self._closed:
             raise RuntimeError("the store is closed")
+        done: Future = Future()
         if self._writer is None:
-            self._insert([item])  # no writer thread (tests, CLI): write through
+            self._insert([(kind, row, done)])  # no writer thread (tests, CLI): write through
+            done.set_result(None)
         else:
-            self._queue.put(item)
+            self._queue.put((kind, row, done))
+        return done
+
+    @staticmethod
+    async def committed(done: Future) -> None:
+        """Wait (without blocking the event loop) until a logged row is in the database."""
+        await asyncio.wrap_future(done)
 
     def _write_loop(self) -> None:
         while True:
@@ -146,28 +164,46 @@ class Store:
                     stop = True
                     break
                 batch.append(nxt)
-            self._insert_retrying(batch)
+            self._write(batch)
             for _ in batch:
                 self._queue.task_done()
             if stop:
                 self._queue.task_done()
                 return
 
-    def _insert_retrying(self, batch) -> None:
-        for attempt in range(5):
+    def _write(self, batch) -> None:
+        """Commit a batch and resolve its futures. If the batch fails, rows go in one by one, so
+        one bad row fails only its own request, not the others that shared its transaction."""
+        try:
+            self._insert_retrying(batch)
+        except Exception:
+            for item in batch:
+                try:
+                    self._insert_retrying([item])
+                except Exception as e:
+                    item[2].set_exception(e)
+                    print(f"tuneline serve: could not write a monitoring row ({item[0]} "
+                          f"{item[1].get('id') or item[1].get('request_id')}): {type(e).__name__}: {e}", flush=True)
+                else:
+                    item[2].set_result(None)
+            return
+        for item in batch:
+            item[2].set_result(None)
+
+    def _insert_retrying(self, batch, attempts: int = 4) -> None:
+        for attempt in range(attempts):
             try:
                 self._insert(batch)
                 return
-            except Exception as e:  # a locked database or a dropped connection: try again, then say so
-                if attempt == 4:
-                    print(f"tuneline serve: could not write {len(batch)} monitoring rows: {e}", flush=True)
-                    return
+            except OperationalError:  # a locked database or a dropped connection: try again, then give up
+                if attempt == attempts - 1:
+                    raise
                 time.sleep(0.2 * (attempt + 1))
 
     def _insert(self, batch) -> None:
         # Requests before feedback: feedback rows point at requests, possibly in this batch.
-        reqs = [row for kind, row in batch if kind == "request"]
-        fbs = [row for kind, row in batch if kind == "feedback"]
+        reqs = [row for kind, row, _ in batch if kind == "request"]
+        fbs = [row for kind, row, _ in batch if kind == "feedback"]
         with self.engine.begin() as conn:
             if reqs:
                 conn.execute(insert(requests_table), reqs)
@@ -183,11 +219,11 @@ class Store:
     def close(self) -> None:
         if self._closed:
             return
+        self._closed = True  # first: a write arriving now is refused, not queued behind the end marker
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
             self._writer = None
-        self._closed = True
         self.engine.dispose()
 
     # -- reading -------------------------------------------------------------

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..evaluate.text_metrics import text_metrics
 
 IGNORE = -100
+GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does)
 
 
 @dataclass
@@ -282,7 +283,8 @@ class GenerateTask:
         if gen_cfg is not None and gen_cfg.eos_token_id is not None:
             eos |= set(gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id])
         eos.discard(None)
-        sample = options.temperature > 0
+        # A temperature near 0 is greedy: logits divided by 1e-50 overflow to inf and sampling fails.
+        sample = options.temperature >= GREEDY_BELOW
         for idx in sorted_batches([len(p) for p in prompts], batch_size):
             ids, mask = pad_batch([prompts[i] for i in idx], tokenizer.pad_token_id, side="left")
             kwargs = dict(max_new_tokens=options.max_new_tokens, do_sample=sample, eos_token_id=sorted(eos),
