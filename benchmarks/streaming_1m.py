@@ -70,8 +70,9 @@ def run_train(recipe: Path, out: Path, home: Path, streaming: bool) -> dict:
     env = {**os.environ, "TUNELINE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = {"rss": 0, "anon": 0}
-    done = threading.Event()
+    peak = {"rss": 0, "anon": 0, "prep_rss": 0, "prep_anon": 0}
+    done, preparing = threading.Event(), threading.Event()
+    preparing.set()
 
     def sample():
         p = psutil.Process(proc.pid)
@@ -82,6 +83,8 @@ def run_train(recipe: Path, out: Path, home: Path, streaming: bool) -> dict:
                 break
             peak["rss"] = max(peak["rss"], m.rss)
             peak["anon"] = max(peak["anon"], m.rss - m.shared)
+            if preparing.is_set():  # until the first training step
+                peak["prep_rss"], peak["prep_anon"] = peak["rss"], peak["anon"]
             time.sleep(0.1)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -90,6 +93,7 @@ def run_train(recipe: Path, out: Path, home: Path, streaming: bool) -> dict:
         lines.append(line)
         if first_step is None and line.startswith("Training "):
             first_step = time.perf_counter() - t0
+            preparing.clear()
     proc.wait()
     done.set()
     wall = time.perf_counter() - t0
@@ -100,6 +104,8 @@ def run_train(recipe: Path, out: Path, home: Path, streaming: bool) -> dict:
     audit = re.search(r"\(([\d.]+) s; details in the run's audit.json\)", said)
     return {"prepare_s": round(first_step or wall, 1), "wall_s": round(wall, 1),
             "peak_rss_mib": round(peak["rss"] / 2**20), "peak_anon_mib": round(peak["anon"] / 2**20),
+            "prepare_peak_rss_mib": round(peak["prep_rss"] / 2**20),
+            "prepare_peak_anon_mib": round(peak["prep_anon"] / 2**20),
             "tokenise_s": float(tok.group(1)) if tok else None,
             "tokenise_rows_per_s": int(tok.group(2).replace(",", "")) if tok else None,
             "tokenise_processes": int(tok.group(3)) if tok else None,
@@ -117,6 +123,8 @@ def main() -> None:
     ap.add_argument("--compare-rows", type=int, default=200_000)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/tuneline-streaming-1m"))
+    ap.add_argument("--runs", default="stream 1st,stream cached,memory slice,stream slice",
+                    help="which of the four runs, comma-separated")
     args = ap.parse_args()
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
@@ -132,6 +140,8 @@ def main() -> None:
     results = {}
     for name, data, streaming in (("stream 1st", big, True), ("stream cached", big, True),
                                   ("memory slice", small, False), ("stream slice", small, True)):
+        if name not in args.runs.split(","):
+            continue
         rows = args.rows if data == big else args.compare_rows
         # held-out splits of ~2,000 rows each: evaluation stays cheap whatever the corpus size
         share = max(0.001, round(2000 / rows, 4))
@@ -143,15 +153,18 @@ def main() -> None:
             "eval": {"counterfactuals": False}}))
         home = d / ("home-" + data.stem)
         results[name] = r = run_train(recipe, d / "run", home, streaming)
-        r["rows"] = rows
+        r["rows"], r["steps"] = rows, args.steps
         r["cache_mib"] = cache_mib(home) if streaming else None
         print(f"{name:<14} {json.dumps(r)}", flush=True)
-    (d / "results.json").write_text(json.dumps(results, indent=1))
+    saved = d / "results.json"
+    results = {**(json.loads(saved.read_text()) if saved.exists() else {}), **results}
+    saved.write_text(json.dumps(results, indent=1))
     print(f"\n{'run':<14} {'rows':>9} {'prepare s':>9} {'tokenise rows/s':>15} {'peak RSS MiB':>12} "
-          f"{'w/o mapped':>10} {'cache MiB':>9}")
+          f"{'w/o mapped':>10} {'prep peak':>9} {'cache MiB':>9}")
     for name, r in results.items():
         print(f"{name:<14} {r['rows']:>9,} {r['prepare_s']:>9} {str(r['tokenise_rows_per_s'] or '-'):>15} "
-              f"{r['peak_rss_mib']:>12} {r['peak_anon_mib']:>10} {str(r['cache_mib'] or '-'):>9}")
+              f"{r['peak_rss_mib']:>12} {r['peak_anon_mib']:>10} {r.get('prepare_peak_rss_mib', '-'):>9} "
+              f"{str(r['cache_mib'] or '-'):>9}")
 
 
 if __name__ == "__main__":

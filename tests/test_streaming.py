@@ -175,3 +175,26 @@ def test_parallel_tokenising_writes_the_same_file(tmp_path, tiny_bert):
     assert splits.train.file.meta["workers"] == 2
     assert splits.train.file.table.column("input_ids").to_pylist() == serial.column("input_ids").to_pylist()
     assert np.array_equal(splits.train.file.lines, np.arange(1, 501))
+
+
+def test_iter_records_matches_read_rows_for_every_format(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tuneline.data.io import iter_records, read_rows, read_rows_at
+
+    rows = synthetic_rows(30, 8)
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" + ("\n" if i % 7 == 0 else "") for i, r in enumerate(rows)))
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text("text,label\n" + "".join(f'"{r["text"]}\nmore",{r["label"]}\n' for r in rows))
+    parquet = tmp_path / "a.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    folder = tmp_path / "ds"
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    for path in (jsonl, csv_file, parquet, folder):
+        whole = read_rows(path)
+        assert list(iter_records(path, batch_rows=7)) == list(zip(whole.lines, whole.records)), path
+        some = read_rows_at(path, whole.lines[3::5])
+        assert some.lines == whole.lines[3::5] and some.records == whole.records[3::5]

@@ -65,9 +65,6 @@ class StreamedRows:
     def lines(self) -> np.ndarray:
         return self.file.lines[self.positions]
 
-    def where(self, i: int) -> str:
-        return f"{self.path}:{int(self.file.lines[self.positions[i]])}"
-
     def subset(self, idx, path: str | None = None) -> "StreamedRows":
         return StreamedRows(self.source, self.file, self.positions[np.asarray(idx, dtype=np.int64)], path or self.path)
 
