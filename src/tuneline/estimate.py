@@ -58,20 +58,20 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe)
     trainable, total = count_parameters(model)
     probe = probe_step(task, model, prepared.train, recipe, tokenizer.pad_token_id, rows=min(tc.batch_size, 2))
-    lengths = prepared.train.lengths
-    epoch_tokens = sum(lengths)
+    lengths = np.asarray(prepared.train.lengths)  # numpy already when the rows are streamed
+    epoch_tokens = int(lengths.sum())
     epochs = plan.total_steps / plan.steps_per_epoch
     train_tokens = epoch_tokens * epochs
     train_s = train_tokens / probe["tokens_per_s"]
     # validation passes: forward only, about a third of a training step per token
     n_evals = math.ceil(epochs) + (plan.total_steps // tc.eval_every if tc.eval_every else 0)
-    eval_s = n_evals * sum(prepared.validation.lengths) / probe["tokens_per_s"] / 3
+    eval_s = n_evals * int(np.sum(prepared.validation.lengths)) / probe["tokens_per_s"] / 3
     step_growth = max(0, probe["peak"] - probe["rss_before"])
     peak = probe["rss_before"] + step_growth * tc.batch_size / probe["rows"] + trainable * 8  # + Adam's two moments
     return {
         "rows": {"train": len(prepared.train), "validation": len(prepared.validation), "test": len(prepared.test)},
         "train_tokens_per_epoch": epoch_tokens, "mean_length": epoch_tokens / max(len(lengths), 1),
-        "max_length": max(lengths) if lengths else 0, "epochs": round(epochs, 3), "steps": plan.total_steps,
+        "max_length": int(lengths.max()) if len(lengths) else 0, "epochs": round(epochs, 3), "steps": plan.total_steps,
         "steps_per_epoch": plan.steps_per_epoch, "trainable": trainable, "total": total,
         "probe": {k: probe[k] for k in ("rows", "tokens", "seconds", "tokens_per_s")},
         "estimated_train_seconds": round(train_s, 1), "estimated_eval_seconds": round(eval_s, 1),

@@ -12,7 +12,9 @@ import yaml
 
 from . import distributed, faults, hardware, preflight
 from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
+from .data import streaming
 from .data.replay import load_replay
+from .data.streaming import StreamedRows
 from .data.split import split_rows
 from .errors import RunStopped, UserError
 from .methods import apply_method, count_parameters
@@ -25,33 +27,48 @@ from .trackers import check_available as check_trackers, tracking
 
 @dataclass
 class Splits:
-    train: Rows
+    train: Rows | StreamedRows  # StreamedRows: positions in the token cache (data larger than memory)
     validation: Rows
     test: Rows
     held_out: dict  # split name -> True when it was cut from train
+    audit_train: Rows | None = None  # the training rows the audit reads when train is streamed (a sample)
 
 
-def load_splits(recipe: Recipe, base_dir: Path | None, task) -> tuple[Splits, dict]:
+def load_splits(recipe: Recipe, base_dir: Path | None, task, tokenizer=None) -> tuple[Splits, dict]:
     d = recipe.data
     paths = {"train": resolve_data_path(d.train, base_dir, "data.train")}
     for name in ("validation", "test"):
         value = getattr(d, name)
         if value:
             paths[name] = resolve_data_path(value, base_dir, f"data.{name}")
-    train = read_rows(paths["train"])
-    if d.max_rows:
-        train = train.subset(list(range(min(d.max_rows, len(train)))))
+    sha = {}
+    streamed = streaming.use_streaming(d, paths["train"])
+    if streamed:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(resolve_model(recipe.model, base_dir).path, recipe.trust_remote_code)
+        sha["train"] = file_sha256(paths["train"])  # part of the token cache's key
+        train = streaming.open_train(paths["train"], sha["train"], recipe, task, tokenizer)
+    else:
+        train = read_rows(paths["train"])
+        if d.max_rows:
+            train = train.subset(list(range(min(d.max_rows, len(train)))))
     held = {}
     parts = {}
     for name, size in (("test", d.test_size), ("validation", d.validation_size)):
         if name in paths:
             parts[name] = read_rows(paths[name])
         else:
-            strata = task.strata(train, recipe) if hasattr(task, "strata") else None
+            if streamed:
+                strata = train.strata()
+            else:
+                strata = task.strata(train, recipe) if hasattr(task, "strata") else None
             train, parts[name] = split_rows(train, size, recipe.train.seed, strata, name)
             held[name] = True
-    hashes = {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in paths.items()}
-    return Splits(train, parts["validation"], parts["test"], held), hashes
+    audit_train = None
+    if streamed:  # held-out rows (and the audit's sample) read back from the file in one pass
+        parts, audit_train = streaming.materialise(parts, train)
+    hashes = {name: {"path": str(p), "sha256": sha.get(name) or file_sha256(p)} for name, p in paths.items()}
+    return Splits(train, parts["validation"], parts["test"], held, audit_train), hashes
 
 
 def _setup_threads(recipe: Recipe) -> None:
@@ -126,7 +143,7 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
     precision = hardware.resolve_precision(recipe.train.precision)
     source = resolve_model(recipe.model, base_dir)
     tokenizer = load_tokenizer(source.path, recipe.trust_remote_code)
-    splits, hashes = load_splits(recipe, base_dir, task)
+    splits, hashes = load_splits(recipe, base_dir, task, tokenizer)
     replay = load_replay(recipe, tokenizer, base_dir, len(splits.train)) if recipe.train.replay else None
     if replay:
         hashes["replay"] = replay.source  # in run.json, and checked on resume like the data files
@@ -209,7 +226,13 @@ def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
 
     t0 = time.time()
     d = recipe.data
-    result = audit({"train": splits.train, "validation": splits.validation, "test": splits.test}, recipe.task,
+    train = splits.train
+    if splits.audit_train is not None:  # streamed: a full in-memory audit would defeat streaming
+        train = splits.audit_train
+    if len(train) < len(splits.train):
+        print(f"Data audit on the first {len(train):,} of {len(splits.train):,} training rows (the file is "
+              f"streamed; `tuneline data check {splits.train.source}` audits every row)", flush=True)
+    result = audit({"train": train, "validation": splits.validation, "test": splits.test}, recipe.task,
                    text_column=d.text_column, label_column=d.label_column, fmt=d.format, tokenizer=tokenizer,
                    max_length=recipe.train.max_length)
     print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; details in the run's audit.json)", flush=True)

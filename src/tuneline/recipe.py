@@ -27,6 +27,11 @@ class DataConfig(_Strict):
     validation_size: float = Field(0.1, gt=0, lt=0.5, description="share of train held out when no validation file")
     test_size: float = Field(0.1, gt=0, lt=0.5, description="share of train held out when no test file")
     max_rows: Optional[int] = Field(None, gt=0, description="use only the first N training rows")
+    streaming: Union[Literal["auto"], bool] = Field(
+        "auto", description="train from a memory-mapped token cache instead of rows in memory; auto: when the "
+                            "train file is over 256 MiB or 200,000 rows")
+    num_proc: Optional[int] = Field(None, ge=1, description="processes that tokenise a streamed train file; "
+                                    "default: the CPU cores but one (up to 8) for files over 64 MiB with 4+ cores, else 1")
 
 
 class EarlyStoppingConfig(_Strict):

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import UserError
 
@@ -73,10 +73,22 @@ def read_rows(path: str | Path, lenient: bool = False) -> Rows:
 
 def _read_jsonl(path: Path) -> Rows:
     records, lines, cols = [], [], {}
+    for n, obj in _iter_jsonl(path):
+        records.append(obj)
+        lines.append(n)
+        for k in obj:
+            cols.setdefault(k, None)
+    return Rows(str(path), records, lines, list(cols))
+
+
+def _iter_jsonl(path: Path, only: set[int] | None = None) -> Iterator[tuple[int, dict]]:
+    """(line, object) per row, strictly; with `only`, the other lines are skipped undecoded."""
     _refuse_binary(path)
     # bytes, decoded line by line: a bad byte is reported with its line, not a file offset
     with path.open("rb") as f:
         for n, raw in enumerate(f, start=1):
+            if only is not None and n not in only:
+                continue
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             try:
@@ -94,11 +106,7 @@ def _read_jsonl(path: Path) -> Rows:
             if not isinstance(obj, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}; "
                                 "JSON Lines files hold one JSON object per line, e.g. {\"text\": ..., \"label\": ...}")
-            records.append(obj)
-            lines.append(n)
-            for k in obj:
-                cols.setdefault(k, None)
-    return Rows(str(path), records, lines, list(cols))
+            yield n, obj
 
 
 # Magic bytes of files that are not text at all: say what the file is instead of "bad byte".
@@ -167,6 +175,19 @@ _CSV_FIELD_LIMIT = 64 << 20
 
 def _read_csv(path: Path, delimiter: str) -> Rows:
     records, lines = [], []
+    for n, rec in _iter_csv(path, delimiter):
+        records.append(rec)
+        lines.append(n)
+    return Rows(str(path), records, lines, _csv_header(path, delimiter))
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f, delimiter=delimiter), [])
+
+
+def _iter_csv(path: Path, delimiter: str, only: set[int] | None = None) -> Iterator[tuple[int, dict]]:
+    """(line, record) per row, strictly; `line` is the row's last physical line (quoted newlines)."""
     _refuse_binary(path)
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     reader = None
@@ -178,19 +199,19 @@ def _read_csv(path: Path, delimiter: str) -> Rows:
                 raise UserError(f"{path}:1: no header row; the first line must name the columns")
             for rec in reader:
                 n = reader.line_num
+                if only is not None and n not in only:
+                    continue
                 if None in rec:
                     raise UserError(f"{path}:{n}: more fields than the header has ({len(header)}); quote fields that contain {delimiter!r}")
                 if any(v is None for v in rec.values()):
                     raise UserError(f"{path}:{n}: fewer fields than the header has ({len(header)})")
-                records.append(dict(rec))
-                lines.append(n)
+                yield n, dict(rec)
     except csv.Error as e:
         where = f"{path}:{reader.line_num}" if reader is not None and reader.line_num else str(path)
         raise UserError(f"{where}: malformed CSV: {e}; check the quoting around this line") from None
     except UnicodeDecodeError:
         n, e = _first_bad_utf8_line(path)
         raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason} at column {e.start + 1}); save the file as UTF-8") from None
-    return Rows(str(path), records, lines, list(header))
 
 
 def _read_parquet(path: Path) -> Rows:
@@ -206,6 +227,12 @@ def _read_parquet(path: Path) -> Rows:
 
 
 def _read_datasets_folder(path: Path) -> Rows:
+    ds = _load_datasets_folder(path)
+    records = ds.to_list()
+    return Rows(str(path), records, list(range(1, len(records) + 1)), list(ds.column_names))
+
+
+def _load_datasets_folder(path: Path):
     # save_to_disk folders hold Arrow files and JSON metadata: nothing is unpickled.
     if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         raise UserError(f"{path}: a folder must be a `datasets.save_to_disk` folder (dataset_info.json missing)")
@@ -219,8 +246,108 @@ def _read_datasets_folder(path: Path) -> Rows:
     if isinstance(ds, datasets.DatasetDict):
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
-    records = ds.to_list()
-    return Rows(str(path), records, list(range(1, len(records) + 1)), list(ds.column_names))
+    return ds
+
+
+# -- streaming reads (data larger than memory) --------------------------------
+
+def iter_records(path: str | Path, only: set[int] | None = None, batch_rows: int = 4096) -> Iterator[tuple[int, dict]]:
+    """(line, record) for every row, read strictly and one at a time: the file is never held in
+    memory. `line` is what `Rows.lines` holds (row number for Parquet and datasets folders).
+    With `only`, just those lines are returned (JSONL skips the others without decoding them)."""
+    path = Path(path)
+    if path.is_dir():
+        yield from _iter_datasets_folder(path, only, batch_rows)
+        return
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        yield from _iter_jsonl(path, only)
+    elif suffix in (".csv", ".tsv"):
+        yield from _iter_csv(path, "\t" if suffix == ".tsv" else ",", only)
+    elif suffix == ".parquet":
+        yield from _iter_parquet(path, only, batch_rows)
+    else:
+        raise UserError(f"{path}: unknown data format {suffix!r}; use .jsonl, .csv, .tsv, .parquet or a datasets folder")
+
+
+def head_rows(path: str | Path, n: int) -> Rows:
+    """The first n rows as Rows (column detection, audit samples)."""
+    records, lines, cols = [], [], {}
+    for line, rec in iter_records(path):
+        if len(records) >= n:
+            break
+        records.append(rec)
+        lines.append(line)
+        for k in rec:
+            cols.setdefault(k, None)
+    if not records:
+        raise UserError(f"{path}: no rows (the file is empty or holds only blank lines or a header); "
+                        "give a file with one row per line")
+    return Rows(str(path), records, lines, list(cols))
+
+
+def read_rows_at(path: str | Path, lines) -> Rows:
+    """Only the rows at these lines, in file order: held-out splits of a file too large to read whole."""
+    wanted = {int(x) for x in lines}
+    records, got, cols = [], [], {}
+    for line, rec in iter_records(path, only=wanted):
+        records.append(rec)
+        got.append(line)
+        for k in rec:
+            cols.setdefault(k, None)
+    return Rows(str(path), records, got, list(cols))
+
+
+def _iter_parquet(path: Path, only: set[int] | None, batch_rows: int) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        start = 1
+        for batch in batches:
+            for i, rec in enumerate(batch.to_pylist()):
+                if only is None or start + i in only:
+                    yield start + i, rec
+            start += batch.num_rows
+    except UserError:
+        raise
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise UserError(f"{path}: cannot read Parquet ({str(e).splitlines()[0][:200]}); the file is damaged or "
+                        "not Parquet: write it again, or give the rows as .jsonl / .csv") from None
+
+
+def _iter_datasets_folder(path: Path, only: set[int] | None, batch_rows: int) -> Iterator[tuple[int, dict]]:
+    ds = _load_datasets_folder(path)
+    start = 1
+    for table in ds.with_format("arrow").iter(batch_size=batch_rows):
+        for i, rec in enumerate(table.to_pylist()):
+            if only is None or start + i in only:
+                yield start + i, rec
+        start += table.num_rows
+
+
+def count_rows(path: str | Path, stop_at: int | None = None) -> int:
+    """Rows in a file without parsing them (JSONL/CSV: non-blank lines; Parquet/datasets: metadata).
+    Counting stops past `stop_at`: deciding "more than N" needs no more."""
+    path = Path(path)
+    if path.is_dir():
+        return len(_load_datasets_folder(path))
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:
+            return 0  # unreadable: the strict reader reports it
+    n = 0
+    with path.open("rb") as f:
+        for raw in f:
+            n += bool(raw.strip())
+            if stop_at is not None and n > stop_at:
+                break
+    return n - (path.suffix.lower() in (".csv", ".tsv"))  # the header
 
 
 def file_sha256(path: str | Path) -> str:

@@ -38,8 +38,11 @@ class Replay:
         """The task's encoded training rows with the replay rows appended (batches shuffle them in)."""
         from ..tasks.generate import ChatEncoded
 
+        # prompts/references exist only for in-memory rows (a streamed train keeps none)
+        kept = len(train.prompts) == len(train)
         return ChatEncoded(train.input_ids + self.input_ids, train.labels + self.labels, train.where + self.where,
-                           train.prompts + [[] for _ in self.input_ids], train.references + [""] * len(self.input_ids),
+                           train.prompts + [[] for _ in self.input_ids] if kept else [],
+                           train.references + [""] * len(self.input_ids) if kept else [],
                            train.truncated, train.dropped, train.dropped_where)
 
 

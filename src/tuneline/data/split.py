@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
+import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .io import Rows
 
 
-def split_rows(rows: Rows, size: float, seed: int, strata: list | None, name: str) -> tuple[Rows, Rows]:
-    """Stratified (when every class has 2+ rows), seeded split: returns (kept, held_out)."""
-    idx = list(range(len(rows)))
+def split_indices(n: int, size: float, seed: int, strata) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (when every class has 2+ rows), seeded split of row positions 0..n-1:
+    returns (kept, held_out), each sorted. Works on positions only, so a file too large for
+    memory is split without its rows (`strata`: one label per row, any sortable values)."""
+    idx = np.arange(n)
     stratify = strata
     if strata is not None:
-        counts = Counter(strata)
-        n_test = max(1, round(size * len(idx)))
-        if min(counts.values()) < 2 or n_test < len(counts):
+        _, counts = np.unique(np.asarray(strata), return_counts=True)
+        n_test = max(1, round(size * n))
+        if counts.min() < 2 or n_test < len(counts):
             stratify = None
     keep, held = train_test_split(idx, test_size=size, random_state=seed, stratify=stratify)
-    keep.sort()
-    held.sort()
+    return np.sort(keep), np.sort(held)
+
+
+def split_rows(rows, size: float, seed: int, strata: list | None, name: str):
+    """Split Rows (or a streamed split, which has the same `subset`): returns (kept, held_out)."""
+    keep, held = split_indices(len(rows), size, seed, strata)
     return rows.subset(keep), rows.subset(held, path=f"{rows.path} ({name} split)")

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from ..data.batching import pad_batch, sorted_batches
 from ..data.io import Rows
+from ..data.streaming import StreamedRows
+from ..data.token_cache import TOKENS, ChunkEncoder, TokenColumn, WhereColumn, row_lengths
 from ..errors import UserError
 from ..evaluate.metrics import classification_metrics
 
@@ -32,11 +36,11 @@ class Encoded:
         return len(self.input_ids)
 
     @property
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.input_ids]
+    def lengths(self) -> "list[int] | np.ndarray":
+        return row_lengths(self.input_ids)  # a numpy array when the rows live in the token cache
 
     def trained_tokens(self) -> int:
-        return sum(self.lengths)
+        return int(np.sum(self.lengths))
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], key: str, path: str) -> str:
@@ -87,6 +91,24 @@ def label_to_str(value) -> str:
     return str(value).strip()
 
 
+def text_and_label(rec: dict, where: str, text_col: str, label_col: str | None) -> tuple[str, str | None]:
+    """One row's text and label (as a string), checked; `where` (file:line) names a bad row."""
+    t = rec.get(text_col)
+    if t is not None and not isinstance(t, str):
+        raise UserError(f"{where}: {text_col!r} must be text, got {type(t).__name__} ({str(t)[:40]}); "
+                        "quote it, or point data.text_column at the text")
+    if not isinstance(t, str) or not t.strip():
+        raise UserError(f"{where}: {text_col!r} is missing or empty; every row needs text")
+    if label_col is None:
+        return t, None
+    lab = rec.get(label_col)
+    if lab is None or (isinstance(lab, str) and not lab.strip()):
+        raise UserError(f"{where}: {label_col!r} is missing or empty; every row needs a label")
+    if isinstance(lab, (list, dict)):
+        raise UserError(f"{where}: {label_col!r} must be one label, got {type(lab).__name__}")
+    return t, label_to_str(lab)
+
+
 class ClassifyTask:
     name = "classify"
     default_metric = "macro_f1"
@@ -114,20 +136,10 @@ class ClassifyTask:
             _pick(rows.columns, recipe.data.text_column, TEXT_COLUMNS, "data.text_column", rows.path), None)
         texts, labels = [], []
         for i, rec in enumerate(rows.records):
-            t = rec.get(text_col)
-            if t is not None and not isinstance(t, str):
-                raise UserError(f"{rows.where(i)}: {text_col!r} must be text, got {type(t).__name__} ({str(t)[:40]}); "
-                                "quote it, or point data.text_column at the text")
-            if not isinstance(t, str) or not t.strip():
-                raise UserError(f"{rows.where(i)}: {text_col!r} is missing or empty; every row needs text")
+            t, lab = text_and_label(rec, rows.where(i), text_col, label_col)
             texts.append(t)
             if label_col is not None:
-                lab = rec.get(label_col)
-                if lab is None or (isinstance(lab, str) and not lab.strip()):
-                    raise UserError(f"{rows.where(i)}: {label_col!r} is missing or empty; every row needs a label")
-                if isinstance(lab, (list, dict)):
-                    raise UserError(f"{rows.where(i)}: {label_col!r} must be one label, got {type(lab).__name__}")
-                labels.append(label_to_str(lab))
+                labels.append(lab)
         return texts, labels
 
     def strata(self, rows: Rows, recipe) -> list[str]:
@@ -140,10 +152,38 @@ class ClassifyTask:
         return labels
 
     def prepare(self, splits, recipe, tokenizer) -> "Prepared":
-        _, train_labels = self.extract(splits.train, recipe)
-        labels = self.build_labels(train_labels)
-        return Prepared(labels, *(self.encode_rows(getattr(splits, s), recipe, tokenizer, labels)
-                                  for s in ("train", "validation", "test")))
+        if isinstance(splits.train, StreamedRows):
+            labels, train = self.encode_streamed(splits.train)
+        else:
+            _, train_labels = self.extract(splits.train, recipe)
+            labels = self.build_labels(train_labels)
+            train = self.encode_rows(splits.train, recipe, tokenizer, labels)
+        return Prepared(labels, train, *(self.encode_rows(getattr(splits, s), recipe, tokenizer, labels)
+                                         for s in ("validation", "test")))
+
+    # -- data larger than memory (data/streaming.py) ------------------------
+    def stream_encoder(self, head: Rows, recipe, tokenizer) -> "ChunkEncoder":
+        """Encodes chunks of (line, record) into the token cache; columns chosen on the first rows."""
+        text_col, label_col = self.columns(head, recipe)
+        max_length, path = recipe.train.max_length, head.path
+
+        def encode(chunk: list[tuple[int, dict]]) -> dict:
+            pairs = [text_and_label(rec, f"{path}:{line}", text_col, label_col) for line, rec in chunk]
+            ids = tokenizer([t for t, _ in pairs], truncation=True, max_length=max_length,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            return {"input_ids": ids, "label": [lab for _, lab in pairs]}
+
+        return ChunkEncoder(pa.schema([("input_ids", TOKENS), ("label", pa.string())]), encode)
+
+    def encode_streamed(self, rows: StreamedRows) -> tuple[list[str], Encoded]:
+        """The training split read from the token cache: ids by index, labels as a numpy array."""
+        codes, values = rows.label_codes()
+        present = np.unique(codes)
+        labels = self.build_labels([values[c] for c in present])  # sorted, as values are
+        remap = np.full(len(values), -1, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        ids = TokenColumn(rows.file.tokens("input_ids"), rows.positions)
+        return labels, Encoded(ids, remap[codes], WhereColumn(rows.path, rows.lines))
 
     def encode_rows(self, rows: Rows, recipe, tokenizer, labels: list[str]) -> Encoded:
         texts, raw = self.extract(rows, recipe)
@@ -213,8 +253,9 @@ class ClassifyTask:
         m["loss"] = float(F.cross_entropy(logits, y))
         return m
 
-    def majority(self, train_labels: list[int]) -> int:
-        return Counter(train_labels).most_common(1)[0][0]
+    def majority(self, train_labels) -> int:
+        labels = train_labels.tolist() if isinstance(train_labels, np.ndarray) else train_labels
+        return int(Counter(labels).most_common(1)[0][0])
 
     def baseline(self, majority: int, data: Encoded, labels: list[str]) -> dict:
         """The majority class of the training data, scored on the same rows."""
@@ -264,3 +305,4 @@ class Prepared:
     train: Encoded
     validation: Encoded
     test: Encoded
+

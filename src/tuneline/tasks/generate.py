@@ -11,16 +11,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 from ..data.batching import pad_batch, sorted_batches
 from ..data.chat import PLAIN_TEMPLATE, detect_format, to_messages
 from ..data.io import Rows
+from ..data.streaming import StreamedRows
+from ..data.token_cache import TOKENS, ChunkEncoder, TokenColumn, WhereColumn, row_lengths
 from ..errors import UserError
 from ..evaluate.text_metrics import text_metrics
 
 IGNORE = -100
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does)
+TRUNCATED, DROPPED = 1, 2  # row status bits (a truncated row can still be dropped: no answer left)
 
 
 @dataclass
@@ -39,8 +44,8 @@ class ChatEncoded:
         return len(self.input_ids)
 
     @property
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.input_ids]
+    def lengths(self) -> "list[int] | np.ndarray":
+        return row_lengths(self.input_ids)  # a numpy array when the rows live in the token cache
 
     def head(self, n: int) -> "ChatEncoded":
         return ChatEncoded(self.input_ids[:n], self.labels[:n], self.where[:n], self.prompts[:n],
@@ -118,6 +123,21 @@ def fit_length(ids, labels, last_start, max_length: int):
     return ids[start:start + max_length], labels[start:start + max_length]
 
 
+def encode_row(tokenizer, msgs: list[dict], options, max_length: int) -> tuple[list[int], list[int], int]:
+    """One conversation -> (ids, labels, status bits): too long rows are cut (truncation: left)
+    or dropped (drop); a row with no answer token left is dropped. Dropped rows have no ids."""
+    ids, labs, last_start = encode_conversation(tokenizer, msgs, options.loss_on)
+    status = 0
+    if len(ids) > max_length:
+        if options.truncation == "drop":
+            return [], [], DROPPED
+        ids, labs = fit_length(ids, labs, last_start, max_length)
+        status = TRUNCATED
+    if all(l == IGNORE for l in labs):
+        return [], [], status | DROPPED
+    return ids, labs, status
+
+
 # Architectures whose causal-LM forward is exactly lm_head(decoder(x)) (no logit scaling or capping).
 PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 
@@ -149,27 +169,25 @@ class GenerateTask:
 
     # -- data -------------------------------------------------------------
     def conversations(self, rows: Rows, recipe) -> list[list[dict]]:
+        to_conversation = self._converter(rows, recipe)
+        return [to_conversation(rec, rows.where(i)) for i, rec in enumerate(rows.records)]
+
+    def _converter(self, rows: Rows, recipe):
+        """record, where -> messages; the format is detected from `rows` (all, or the first ones)."""
         # data.text_column / data.label_column name the prompt and answer columns of any table
         d = recipe.data
         fmt = d.format if d.format != "auto" else detect_format(rows, d.text_column, d.label_column)
         cols = (d.text_column or "prompt", d.label_column or "completion")
-        return [with_system(to_messages(rec, fmt, rows.where(i), columns=cols), recipe.generate.system_prompt)
-                for i, rec in enumerate(rows.records)]
+        return lambda rec, where: with_system(to_messages(rec, fmt, where, columns=cols), recipe.generate.system_prompt)
 
     def encode_rows(self, rows: Rows, recipe, tokenizer, labels=None) -> ChatEncoded:
         ensure_chat_template(tokenizer)
-        g, max_len = recipe.generate, recipe.train.max_length
+        max_len = recipe.train.max_length
         out = ChatEncoded([], [], [], [], [])
         for i, msgs in enumerate(self.conversations(rows, recipe)):
-            ids, labs, last_start = encode_conversation(tokenizer, msgs, g.loss_on)
-            if len(ids) > max_len:
-                if g.truncation == "drop":
-                    out.dropped += 1
-                    out.dropped_where.append(rows.where(i))
-                    continue
-                ids, labs = fit_length(ids, labs, last_start, max_len)
-                out.truncated += 1
-            if all(l == IGNORE for l in labs):
+            ids, labs, status = encode_row(tokenizer, msgs, recipe.generate, max_len)
+            out.truncated += bool(status & TRUNCATED)
+            if status & DROPPED:
                 out.dropped += 1
                 out.dropped_where.append(rows.where(i))
                 continue
@@ -185,8 +203,10 @@ class GenerateTask:
         return out
 
     def prepare(self, splits, recipe, tokenizer) -> Prepared:
-        p = Prepared(None, *(self.encode_rows(getattr(splits, s), recipe, tokenizer)
-                             for s in ("train", "validation", "test")))
+        train = (self.encode_streamed(splits.train, recipe) if isinstance(splits.train, StreamedRows)
+                 else self.encode_rows(splits.train, recipe, tokenizer))
+        p = Prepared(None, train, *(self.encode_rows(getattr(splits, s), recipe, tokenizer)
+                                    for s in ("validation", "test")))
         for name in ("train", "validation", "test"):
             e = getattr(p, name)
             if e.truncated or e.dropped:
@@ -196,6 +216,35 @@ class GenerateTask:
                       f"{recipe.train.max_length} were {how}"
                       + (f" (e.g. {e.dropped_where[0]})" if e.dropped_where else ""), flush=True)
         return p
+
+    # -- data larger than memory (data/streaming.py) ------------------------
+    def stream_encoder(self, head: Rows, recipe, tokenizer) -> ChunkEncoder:
+        """Encodes chunks of (line, record) into the token cache; the format is detected on the first rows."""
+        ensure_chat_template(tokenizer)
+        to_conversation = self._converter(head, recipe)
+        max_len, path = recipe.train.max_length, head.path
+
+        def encode(chunk: list[tuple[int, dict]]) -> dict:
+            rows = [encode_row(tokenizer, to_conversation(rec, f"{path}:{line}"), recipe.generate, max_len)
+                    for line, rec in chunk]
+            return {"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows], "status": [r[2] for r in rows]}
+
+        return ChunkEncoder(pa.schema([("input_ids", TOKENS), ("labels", TOKENS), ("status", pa.int8())]), encode)
+
+    def encode_streamed(self, rows: StreamedRows, recipe) -> ChatEncoded:
+        """The training split read from the token cache (prompts and references are kept only for
+        the evaluation splits, which are read into memory)."""
+        status = rows.file.numpy("status")[rows.positions]
+        dropped = (status & DROPPED) != 0
+        kept = rows.positions[~dropped]
+        if not len(kept):
+            raise UserError(f"{rows.path}: no row fits train.max_length={recipe.train.max_length}; raise it or use "
+                            "generate.truncation: left")
+        lines = rows.file.lines
+        return ChatEncoded(TokenColumn(rows.file.tokens("input_ids"), kept), TokenColumn(rows.file.tokens("labels"), kept),
+                           WhereColumn(rows.path, lines[kept]), [], [], truncated=int(((status & TRUNCATED) != 0).sum()),
+                           dropped=int(dropped.sum()),
+                           dropped_where=[f"{rows.path}:{n}" for n in lines[rows.positions[dropped][:10]]])
 
     # -- model ------------------------------------------------------------
     def load_model(self, path: str, recipe, tokenizer, labels=None, dtype=torch.float32):
