@@ -72,8 +72,14 @@ def load_splits(recipe: Recipe, base_dir: Path | None, task, tokenizer=None) -> 
 
 
 def _setup_threads(recipe: Recipe) -> None:
-    n = recipe.train.num_threads or max(1, hardware.physical_cores() // distributed.world()[1])
-    torch.set_num_threads(n)
+    n = recipe.train.num_threads
+    if n is None and distributed.active():
+        n = max(1, hardware.physical_cores() // distributed.world()[1])
+    elif n is None and hardware.device_type() == "cpu":
+        n, note = hardware.training_threads()
+        if note:
+            print(f"{note}: training on {n} thread{'s' if n > 1 else ''} (set train.num_threads to choose)", flush=True)
+    torch.set_num_threads(n or hardware.physical_cores())
 
 
 def _accelerator(precision: str):

@@ -80,7 +80,7 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 42
     group_by_length: bool = Field(True, description="batch rows of similar length together (less padding)")
-    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads; default: physical cores")
+    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads; default: the physical cores not busy with other work")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="experiment trackers (optional extras: pip install tuneline[NAME])")
     divergence: DivergenceConfig = DivergenceConfig()
