@@ -200,7 +200,7 @@ def tuneline_side(args) -> dict:
                   "eval": {"counterfactuals": False}}
     recipe["train"] = {"max_steps": args.steps, "lr": args.lr, "batch_size": args.batch, "max_length": args.max_len,
                        "warmup_ratio": 0.0, "weight_decay": 0.0, "log_every": 1, "seed": args.seed,
-                       "scheduler": "linear"}
+                       "scheduler": "linear", "num_threads": args.threads}  # the same threads as the HF side
     recipe["output"] = str(tmp / "run")
     from tuneline.recipe import recipe_from_dict
 
