@@ -9,15 +9,18 @@ from collections import Counter
 from .findings import Findings
 from .items import Item
 
-MAX_ROWS = 100_000   # the sample the quick model sees; larger train files are sampled
-MAX_CHARS = 2_000    # of each input: the quick model needs the words, not whole documents
+MAX_ROWS = 100_000          # the sample the quick model sees; larger train files are sampled
+MAX_CHARS = 2_000           # of each input: the quick model needs the words, not whole documents
+MAX_SAMPLE_CHARS = 10_000_000  # of the whole sample (TF-IDF bigrams of 100k long rows took ~1.5 GB); SST-2 has 4.6M
 
 
 class Reservoir:
-    """A uniform sample of at most `size` train rows, kept in row order (Algorithm R, seeded)."""
+    """A uniform sample of at most `size` train rows and about MAX_SAMPLE_CHARS characters, kept in
+    row order (Algorithm R, seeded). Over the character budget the sample shrinks by dropping random
+    members: a random subset of a uniform sample is a uniform sample."""
 
     def __init__(self, size: int | None = None, seed: int = 0):
-        self.size, self.seen = size or MAX_ROWS, 0
+        self.size, self.seen, self.chars = size or MAX_ROWS, 0, 0
         self.rows: list[tuple[int, str, int, str, str]] = []  # (order, file, line, input, label)
         self.rng = random.Random(seed)
 
@@ -26,10 +29,17 @@ class Reservoir:
         self.seen += 1
         if len(self.rows) < self.size:
             self.rows.append(row)
-            return
-        j = self.rng.randrange(self.seen)
-        if j < self.size:
+        else:
+            j = self.rng.randrange(self.seen)
+            if j >= self.size:
+                return
+            self.chars -= len(self.rows[j][3])
             self.rows[j] = row
+        self.chars += len(row[3])
+        while self.chars > MAX_SAMPLE_CHARS and len(self.rows) > 1:
+            self.size = len(self.rows) - 1
+            gone = self.rows.pop(self.rng.randrange(len(self.rows)))
+            self.chars -= len(gone[3])
 
     def sample(self) -> list[tuple[int, str, int, str, str]]:
         return sorted(self.rows)

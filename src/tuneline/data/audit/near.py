@@ -4,7 +4,7 @@ The measure is the edit similarity of the normalised texts (rapidfuzz's ratio: 1
 deletions / total length) >= THRESHOLD, so one changed word in an eight-word sentence still counts,
 which word-shingle Jaccard at 0.8 does not (one substitution needs 14+ words there).
 
-Finding the pairs: MinHash signatures (datasketch) of character 3-grams cut into LSH bands give
+Finding the pairs: MinHash signatures (datasketch) of 3-grams cut into LSH bands give
 candidates; the candidates are verified with the edit similarity. Per row only the band keys are
 kept (BANDS x 4 bytes), not the signature; the verification reads the candidate rows again. With 20
 bands of 5 rows a pair becomes a candidate with probability 1 - (1 - J^5)^20 (J = 3-gram Jaccard):
@@ -25,10 +25,13 @@ ROWS = NUM_PERM // BANDS
 PARTNERS = 3  # in an LSH bucket each row is paired with this many train rows before it (linear, not quadratic)
 
 
-def grams(text: str) -> set[str]:
-    """Character 3-grams of the normalised text: what the MinHash signature is made of."""
-    s = normalise(text)
-    return {s[i:i + 3] for i in range(max(1, len(s) - 2))}
+def grams(text: str) -> list[int]:
+    """The normalised text's 3-grams (of its UTF-8 bytes: one integer each, no string slicing),
+    what the MinHash signature is made of; MinHash mixes them with its own hash (murmur3 finaliser)."""
+    b = np.frombuffer(normalise(text).encode(), dtype=np.uint8).astype(np.uint32)
+    if len(b) < 3:
+        return [int.from_bytes(b.astype(np.uint8).tobytes() or b"\0", "big")]
+    return np.unique((b[:-2] << 16) | (b[1:-1] << 8) | b[2:]).tolist()
 
 
 def similarity(a: str, b: str) -> float:
@@ -44,14 +47,15 @@ class Signer:
     def __init__(self):
         from datasketch import MinHash
 
-        self.minhash = MinHash(num_perm=NUM_PERM)  # one object, cleared per row: copying costs more than hashing
+        # one object, cleared per row (copying costs more than hashing); the grams are integers already
+        self.minhash = MinHash(num_perm=NUM_PERM, hashfunc=int)
         # a random linear combination mod 2^64 of a band's values, top 32 bits: the band's key
         self.mult = np.random.default_rng(12345).integers(1, 2**63, size=ROWS, dtype=np.uint64) | np.uint64(1)
 
     def keys(self, text: str) -> np.ndarray:
         m = self.minhash
         m.clear()
-        m.update_batch([g.encode() for g in grams(text)])
+        m.update_batch(grams(text))
         hv = m.hashvalues.astype(np.uint64).reshape(BANDS, ROWS)
         return ((hv * self.mult).sum(axis=1) >> np.uint64(32)).astype(np.uint32)
 
