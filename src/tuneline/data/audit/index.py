@@ -1,7 +1,7 @@
 """The compact per-row state of the audit and the checks that compare rows with each other.
 
 Per usable row: source (split and file), line, 64-bit hashes of the normalised input and target,
-a label id and the LSH band keys: about 90 bytes, whatever the length of the text. The checks
+a label id and the LSH band keys: about 105 bytes, whatever the length of the text. The checks
 here (duplicates, conflicting labels, leakage, near duplicates, imbalance) run on these arrays.
 """
 
