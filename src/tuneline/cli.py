@@ -87,18 +87,15 @@ def data_check(
     as_json: bool = typer.Option(False, "--json", help="print {rows, findings} as JSON"),
 ):
     """Audit task data: invalid rows, duplicates, leakage, imbalance, length, PII, label noise... Exit 2 on errors."""
-    from .data.audit import audit, format_table
-    from .data.io import read_rows
+    from .data.audit import audit, format_table, guess_task
 
     paths = {"train": train_file}
     if validation:
         paths["validation"] = validation
     if test:
         paths["test"] = test
-    splits = {name: read_rows(p, lenient=True) for name, p in paths.items()}
     if task is None:
-        cols = set(splits["train"].columns)
-        task = "generate" if cols & {"messages", "conversations", "completion", "output"} else "classify"
+        task = guess_task(train_file)
     if task not in ("classify", "generate"):
         raise UserError(f"--task: {task!r}; allowed: classify, generate")
     tokenizer = None
@@ -106,7 +103,7 @@ def data_check(
         from .models import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(model).path)
-    result = audit(splits, task, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
+    result = audit(paths, task, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
                    max_length=max_length, label_noise=not no_label_noise)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))

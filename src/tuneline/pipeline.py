@@ -240,7 +240,8 @@ def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
               f"streamed; `tuneline data check {splits.train.source}` audits every row)", flush=True)
     result = audit({"train": train, "validation": splits.validation, "test": splits.test}, recipe.task,
                    text_column=d.text_column, label_column=d.label_column, fmt=d.format, tokenizer=tokenizer,
-                   max_length=recipe.train.max_length)
+                   max_length=recipe.train.max_length,
+                   system_prompt=recipe.generate.system_prompt if recipe.task == "generate" else None)
     print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; details in the run's audit.json)", flush=True)
     if result.errors and not force:
         from .data.audit import error_summary

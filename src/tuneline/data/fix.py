@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from ..errors import UserError
 from ..runs import atomic_write_text
-from .io import read_rows
+from .audit.source import Source
 
 
 def write_fixed(paths: dict[str, Path], result, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
-    inputs = {p.resolve() for p in paths.values()}
+    inputs = {Path(p).resolve() for p in paths.values()}
     written, log = {}, []
     for split, path in paths.items():
         target = out_dir / f"{Path(path).stem}.jsonl"
@@ -20,13 +22,27 @@ def write_fixed(paths: dict[str, Path], result, out_dir: Path) -> dict:
             raise UserError(f"--fix {out_dir}: would overwrite the input {target}; choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, path in paths.items():
-        rows = read_rows(path, lenient=True)
-        drop = result.drop.get(rows.path, set())
-        kept = [r for r, line in zip(rows.records, rows.lines) if line not in drop]
-        for line in sorted(drop):
-            log.append({"file": rows.path, "line": line, "check": result.drop_reasons.get((rows.path, line), "?")})
+        src = Source(split, path)
+        drop = result.drop.get(src.path, set())
         target = out_dir / f"{Path(path).stem}.jsonl"
-        atomic_write_text(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        written[split] = {"file": str(target), "kept": len(kept), "dropped": len(rows.records) + len(rows.invalid) - len(kept)}
+        kept = dropped = 0
+        # streamed into a temporary file beside the target, moved into place when complete
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for line, rec, _, _ in src.events():
+                    if line in drop or rec is None:
+                        dropped += 1
+                        log.append({"file": src.path, "line": line,
+                                    "check": result.drop_reasons.get((src.path, line), "invalid_rows")})
+                        continue
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    kept += 1
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        written[split] = {"file": str(target), "kept": kept, "dropped": dropped}
     atomic_write_text(out_dir / "dropped.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     return written

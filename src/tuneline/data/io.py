@@ -143,30 +143,43 @@ def _first_bad_utf8_line(path: Path) -> tuple[int, UnicodeDecodeError]:
 
 def _read_jsonl_lenient(path: Path) -> Rows:
     records, lines, cols, invalid, bad_utf8 = [], [], {}, [], []
-    with path.open("rb") as f:
+    for n, obj, problem, bad_bytes in iter_jsonl_lenient(path):
+        if bad_bytes:
+            bad_utf8.append(n)
+        if problem is not None:
+            invalid.append((n, problem))
+            continue
+        records.append(obj)
+        lines.append(n)
+        for k in obj:
+            cols.setdefault(k, None)
+    return Rows(str(path), records, lines, list(cols), invalid, bad_utf8)
+
+
+def iter_jsonl_lenient(path: str | Path):
+    """(line, object or None, why the line is invalid or None, had bad UTF-8) for each non-blank
+    line, one at a time (the audit streams files larger than memory through it)."""
+    with Path(path).open("rb") as f:
         for n, raw in enumerate(f, start=1):
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
+            bad_bytes = False
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                bad_utf8.append(n)
+                bad_bytes = True
                 line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                invalid.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
+                yield n, None, f"not valid JSON ({e.msg} at column {e.colno})", bad_bytes
                 continue
             if not isinstance(obj, dict):
-                invalid.append((n, f"a JSON {type(obj).__name__}, not an object"))
+                yield n, None, f"a JSON {type(obj).__name__}, not an object", bad_bytes
                 continue
-            records.append(obj)
-            lines.append(n)
-            for k in obj:
-                cols.setdefault(k, None)
-    return Rows(str(path), records, lines, list(cols), invalid, bad_utf8)
+            yield n, obj, None, bad_bytes
 
 
 # csv's default field limit (128 KiB) rejects long documents; a row is read into memory anyway.

@@ -1,0 +1,164 @@
+"""Checks that look at one row at a time: encoding, personal data, length with the model's tokenizer."""
+
+from __future__ import annotations
+
+import re
+
+from .findings import Findings
+from .items import Item
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+ENCODING_WARNING = ("encoding", "warning", "control characters, or mojibake (text decoded with the wrong charset)")
+
+
+def check_encoding(it: Item, out: Findings) -> None:
+    import ftfy
+
+    text = f"{it.input}\n{it.target}"
+    if CONTROL.search(text):
+        out.get(*ENCODING_WARNING).add(it.file, it.line, reason="control character")
+    elif ftfy.is_bad(text):
+        out.get(*ENCODING_WARNING).add(it.file, it.line, reason="mojibake", fixed=ftfy.fix_text(it.input)[:80])
+
+
+PII_PATTERNS = {
+    "email": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,}"),
+    "ip_address": re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"
+                            r"|(?<![\w:])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])"),  # IPv6: checked below
+    "card_number": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
+    # international (+ and a country code: digits in any grouping) or national with separators;
+    # spaces, dots or hyphens only (tabs and newlines separate numbers in tables, not phone digits)
+    "phone": re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,12})){1,6}(?!\w)"
+                        r"|(?<![\w.])(?:\(\d{2,5}\)[ .-]?)?\d{2,5}(?:(?:[ .-]\d{2,4}){1,3}| \d{6})(?![\w.])"),
+}
+
+
+# Visa, Mastercard (51-55, 2221-2720), Amex, Discover, JCB, Diners
+CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)|3[47]|6011|65|35|30[0-5]|36|38)")
+
+
+def _luhn(digits: str) -> bool:
+    total, alt = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if alt:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        alt = not alt
+    return total % 10 == 0
+
+
+_YEARS = re.compile(r"(?:1[89]\d\d|20\d\d)(?:[\s.-]+(?:1[89]\d\d|20\d\d))+")  # "1998 - 2004 - 2011"
+
+
+_DECIMALS = re.compile(r"^(?=.*\.)(?=.*[ -])[\d.]+[ -]")  # "672.42 36.89": dots mixed with other separators
+
+
+def _ipv6(value: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(value).version == 6 and value.count(":") >= 2 and len(value) >= 6
+    except ValueError:
+        return False
+
+
+def mask(value: str) -> str:
+    """Never print PII in full: keep the first and last character of each run of letters/digits."""
+    return re.sub(r"[A-Za-z0-9]{3,}", lambda m: m.group()[0] + "*" * (len(m.group()) - 2) + m.group()[-1], value)
+
+
+def find_pii(text: str) -> list[tuple[str, str]]:
+    found = []
+    for kind, rx in PII_PATTERNS.items():
+        for m in rx.finditer(text):
+            v = m.group()
+            digits = re.sub(r"\D", "", v)
+            if kind == "card_number" and not (13 <= len(digits) <= 19 and _luhn(digits) and CARD_PREFIX.match(digits)):
+                continue  # long order numbers pass Luhn one time in ten: require a card network prefix too
+            if kind == "phone" and (len(digits) < 9 or len(digits) > 15 or any(v in f for _, f in found)
+                                    or _YEARS.fullmatch(v) or _DECIMALS.search(v)):
+                continue
+            if kind == "ip_address" and ":" in v and not _ipv6(v):
+                continue
+            found.append((kind, v))
+    return found
+
+
+def check_pii(it: Item, out: Findings) -> None:
+    hits = find_pii(f"{it.input}\n{it.target}")
+    if hits:
+        kinds = sorted({k for k, _ in hits})
+        out.get("pii", "warning", "personal data: e-mail addresses, phone, card numbers, IP addresses (masked)").add(
+            it.file, it.line, kinds=kinds, masked=[mask(v) for _, v in hits][:3])
+
+
+class LengthCheck:
+    """too_long: rows over max_length tokens. For chats, an overflow that truncation would resolve by
+    cutting into the final answer, or into the turn that answer replies to, is a `format` finding:
+    the model would learn an answer cut short, or one to a question it cannot see."""
+
+    BATCH = 512  # classify inputs are tokenized in batches (the fast tokenizer's batch call)
+
+    def __init__(self, task: str, tokenizer, max_length: int, out: Findings):
+        self.task, self.tok, self.max_length, self.out = task, tokenizer, max_length, out
+        self.pending: list[Item] = []
+        if task != "classify":
+            from ...tasks.generate import ensure_chat_template
+
+            ensure_chat_template(tokenizer)
+
+    def add(self, it: Item) -> None:
+        if self.task != "classify":
+            self._check_chat(it)
+            return
+        self.pending.append(it)
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        enc = self.tok([it.input for it in self.pending], add_special_tokens=True)["input_ids"]
+        for it, ids in zip(self.pending, enc):
+            if len(ids) > self.max_length:
+                self.out.get("too_long", "warning", f"rows over max_length={self.max_length} tokens").add(
+                    it.file, it.line, tokens=len(ids), cut=f"{len(ids) - self.max_length} tokens from the end")
+        self.pending = []
+
+    def _check_chat(self, it: Item) -> None:
+        from ...tasks.generate import encode_conversation
+
+        n = self.max_length
+        ids, _, last = encode_conversation(self.tok, it.messages, "all_assistant")
+        if len(ids) <= n:
+            return
+        answer = len(ids) - last
+        if answer > n - 8:  # fit_length (tasks/generate.py) then keeps n // 4 of context and the answer's start
+            kept = n - min(last, n // 4)
+            self.out.get(*self._overflow()).add(it.file, it.line, tokens=len(ids), answer_tokens=answer,
+                                                cut=f"{answer - kept} tokens from the end of the final answer")
+            return
+        cut = len(ids) - n  # tokens dropped from the left
+        question = self._question_start(it.messages)
+        if cut > question:
+            self.out.get(*self._overflow()).add(
+                it.file, it.line, tokens=len(ids), answer_tokens=answer,
+                cut=f"{'all earlier turns and ' if question else ''}{cut - question} tokens of the prompt the "
+                    "final answer replies to")
+        else:
+            self.out.get("too_long", "warning", f"conversations over max_length={n} tokens with the template").add(
+                it.file, it.line, tokens=len(ids), cut=f"{cut} oldest history tokens")
+
+    def _overflow(self) -> tuple[str, str, str]:
+        return ("format", "warning", f"template overflow: the chat-template render exceeds max_length={self.max_length} "
+                "tokens and truncation would cut into the final answer or the turn it replies to")
+
+    def _question_start(self, msgs: list[dict]) -> int:
+        """Token position where the turn the final answer replies to begins (0: no earlier answer)."""
+        from ...tasks.generate import encode_conversation
+
+        answers = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        if len(answers) < 2:
+            return 0
+        return len(encode_conversation(self.tok, msgs[: answers[-2] + 1], "all_assistant")[0])
