@@ -52,7 +52,9 @@ def chat_rows(n_train: int, n_eval: int, max_len: int, tok) -> tuple[list, list]
     with open(SHARED / "instructions" / "train.jsonl") as f:
         for line in f:
             r = json.loads(line)
-            if len(tok.apply_chat_template(r["messages"], tokenize=True)) <= max_len:
+            # count the rendered text's tokens (apply_chat_template(tokenize=True) returns a dict in transformers 5)
+            n_tokens = len(tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"])
+            if n_tokens <= max_len:
                 rows.append(r)
             if len(rows) >= n_train + n_eval:
                 break
