@@ -203,6 +203,8 @@ def tuneline_side(args) -> dict:
     recipe["train"] = {"max_steps": args.steps, "lr": args.lr, "batch_size": args.batch, "max_length": args.max_len,
                        "warmup_ratio": 0.0, "weight_decay": 0.0, "log_every": 1, "seed": args.seed,
                        "scheduler": "linear", "num_threads": args.threads}  # the same threads as the HF side
+    if args.gradient_checkpointing:
+        recipe["memory"] = {"gradient_checkpointing": True}
     recipe["output"] = str(tmp / "run")
     from tuneline.recipe import recipe_from_dict
 
@@ -244,6 +246,7 @@ def main() -> None:
     p.add_argument("--eval-rows", type=int, default=16, help="lora job: held-out chats for the loss check")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="tuneline side: recompute activations")
     args = p.parse_args()
     if args.job == "lora":
         args.model, args.batch, args.max_len, args.lr, args.steps = "smollm2-135m-instruct", 8, 512, 5e-4, args.steps or 8
@@ -260,7 +263,7 @@ def main() -> None:
     for side in ("hf", "tuneline"):
         cmd = [sys.executable, __file__, "--job", args.job, "--side", side, "--steps", str(args.steps),
                "--rows", str(args.rows), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
         print(f"running {side} ...", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
