@@ -42,6 +42,18 @@ def _check_text(value: str, what: str) -> str:
     return value
 
 
+def _check_texts(v, field: str, empty_message: str, noun: str):
+    """One text or a non-empty list of at most LIMITS.max_inputs texts, each checked by _check_text."""
+    items = [v] if isinstance(v, str) else v
+    if not items:
+        raise ValueError(empty_message)
+    if len(items) > LIMITS.max_inputs:
+        raise ValueError(f"{len(items)} {noun} in one request; the limit is {LIMITS.max_inputs}")
+    for i, t in enumerate(items):
+        _check_text(t, field if isinstance(v, str) else f"{field}[{i}]")
+    return v
+
+
 # Examples appear in /docs and are the first cases schemathesis sends (its explicit phase).
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
@@ -52,14 +64,7 @@ class ClassifyRequest(BaseModel):
     @field_validator("input")
     @classmethod
     def _inputs(cls, v):
-        items = [v] if isinstance(v, str) else v
-        if not items:
-            raise ValueError("input is an empty list; give one text or a list of texts")
-        if len(items) > LIMITS.max_inputs:
-            raise ValueError(f"{len(items)} texts in one request; the limit is {LIMITS.max_inputs}")
-        for i, t in enumerate(items):
-            _check_text(t, "input" if isinstance(v, str) else f"input[{i}]")
-        return v
+        return _check_texts(v, "input", "input is an empty list; give one text or a list of texts", "texts")
 
 
 class ContentPart(BaseModel):
@@ -150,14 +155,7 @@ class CompletionRequest(_GenerationParams):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v):
-        items = [v] if isinstance(v, str) else v
-        if not items:
-            raise ValueError("prompt is an empty list")
-        if len(items) > LIMITS.max_inputs:
-            raise ValueError(f"{len(items)} prompts in one request; the limit is {LIMITS.max_inputs}")
-        for i, t in enumerate(items):
-            _check_text(t, "prompt" if isinstance(v, str) else f"prompt[{i}]")
-        return v
+        return _check_texts(v, "prompt", "prompt is an empty list", "prompts")
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
