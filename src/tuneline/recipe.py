@@ -33,6 +33,14 @@ class DataConfig(_Strict):
     num_proc: Optional[int] = Field(None, ge=1, description="processes that tokenise a streamed train file; "
                                     "default: the CPU cores but one (up to 8) for files over 64 MiB with 4+ cores, else 1")
 
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _streaming(cls, v):
+        # one clear message instead of pydantic's one line per member of the union
+        if v == "auto" or isinstance(v, bool) or v in ("true", "false"):
+            return v
+        raise ValueError(f"{v!r} is not a streaming mode; use auto, true or false")
+
 
 class EarlyStoppingConfig(_Strict):
     metric: str = Field("loss", description="validation metric to watch: loss, accuracy, macro_f1, ...")
