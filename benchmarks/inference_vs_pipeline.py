@@ -4,7 +4,7 @@
 
 Classification: the SST-2 validation texts (../shared/data/sst2), batch 1 and 32, texts/s.
 Generation: the first support test prompts (../shared/data/support), greedy, max_new_tokens 48,
-batch 1 and 8, generated tokens/s. Both sides load the same run's merged model; the pipeline
+batch 1 and 32, generated tokens/s. Both sides load the same run's merged model; the pipeline
 gets the same batch size, and for generation the same left padding and stop tokens.
 """
 
@@ -52,7 +52,7 @@ def bench_generate(run_dir: str, n: int, max_new: int) -> None:
     pipe = pipeline("text-generation", model=run.model, tokenizer=tok, device="cpu")
     print(f"\ngenerate: {run_dir}, {len(convs)} support prompts, greedy, max_new_tokens {max_new}")
     print(f"{'batch':>6}{'tuneline tok/s':>18}{'pipeline tok/s':>18}{'ratio':>8}")
-    for bs in (1, 8):
+    for bs in (1, 32):
         ours, t_ours = timed(lambda: [run.generate(convs[i:i + bs], max_new_tokens=max_new)
                                       for i in range(0, len(convs), bs)])
         ours = [a for part in ours for a in part]
@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--classify", help="run folder of a classify run")
     p.add_argument("--generate", help="run folder of a generate run")
     p.add_argument("--texts", type=int, default=512)
-    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=48)
     a = p.parse_args()
     if a.classify:

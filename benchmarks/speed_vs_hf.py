@@ -275,7 +275,14 @@ def main() -> None:
 
     cfg = AutoConfig.from_pretrained(resolve_model(args.model).path)
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
+        body = AutoModel.from_config(cfg)
+    # N counts the weights every token multiplies through: embedding tables are lookups, not
+    # matmuls (half of MiniLM's parameters), but a language model's output layer is a matmul
+    # (tied to the input table in SmolLM2, so counted once here).
+    lookups = sum(p.numel() for m in body.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    n_params = sum(p.numel() for p in body.parameters()) - lookups
+    if args.job == "lora":
+        n_params += cfg.vocab_size * cfg.hidden_size
     flops_per_token = (4 if args.job == "lora" else 6) * n_params
     rows = []
     for side, r in results.items():
@@ -286,7 +293,8 @@ def main() -> None:
     h, t = results["hf"], results["tuneline"]
     quality = "heldout_loss" if args.job == "lora" else "validation_accuracy"
     print(f"\njob {args.job}: {args.model}, {args.steps} steps of batch {args.batch}, max length {args.max_len}, "
-          f"{args.threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; N = {n_params / 1e6:.1f} M parameters\n")
+          f"{args.threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; N = {n_params / 1e6:.1f} M "
+          "parameters in matmuls\n")
     fmt = "{:<26}{:>16}{:>16}{:>10}"
     print(fmt.format("", "plain HF", "tuneline", "ratio"))
     for key, label, f, better_high in (

@@ -72,10 +72,23 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         g.copy_(synced)
 
 
+def _collective_device() -> torch.device:
+    # NCCL reduces only tensors on the GPU; gloo only those on the CPU
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_max(value: int) -> int:
+    t = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def launch(argv: list[str], nproc: int, sharded: bool = False) -> int:

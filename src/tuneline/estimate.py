@@ -49,6 +49,8 @@ def probe_step(task, model, data, recipe, pad_id: int, rows: int) -> dict:
 
 
 def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
+    from . import hardware
+    from .fast_dropout import use_fast_dropout
     from .loop import make_plan
     from .methods import apply_method, count_parameters
 
@@ -57,8 +59,14 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     plan = make_plan(len(prepared.train), tc)
     model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe)
     trainable, total = count_parameters(model)
+    if hardware.device_type() == "cpu":
+        use_fast_dropout(model)  # as the training loop does
     probe = probe_step(task, model, prepared.train, recipe, tokenizer.pad_token_id, rows=min(tc.batch_size, 2))
     lengths = np.asarray(prepared.train.lengths)  # numpy already when the rows are streamed
+    # activations live for one piece of memory.micro_batch_tokens at a time, not the whole batch
+    budget = recipe.memory.token_budget(hardware.device_type())
+    width = max(1, probe["tokens"] // probe["rows"])
+    live_rows = tc.batch_size if budget is None else min(tc.batch_size, max(1, budget // width))
     epoch_tokens = int(lengths.sum())
     epochs = plan.total_steps / plan.steps_per_epoch
     train_tokens = epoch_tokens * epochs
@@ -67,7 +75,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     n_evals = math.ceil(epochs) + (plan.total_steps // tc.eval_every if tc.eval_every else 0)
     eval_s = n_evals * int(np.sum(prepared.validation.lengths)) / probe["tokens_per_s"] / 3
     step_growth = max(0, probe["peak"] - probe["rss_before"])
-    peak = probe["rss_before"] + step_growth * tc.batch_size / probe["rows"] + trainable * 8  # + Adam's two moments
+    peak = probe["rss_before"] + step_growth * live_rows / probe["rows"] + trainable * 8  # + Adam's two moments
     return {
         "rows": {"train": len(prepared.train), "validation": len(prepared.validation), "test": len(prepared.test)},
         "train_tokens_per_epoch": epoch_tokens, "mean_length": epoch_tokens / max(len(lengths), 1),
@@ -76,6 +84,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
         "probe": {k: probe[k] for k in ("rows", "tokens", "seconds", "tokens_per_s")},
         "estimated_train_seconds": round(train_s, 1), "estimated_eval_seconds": round(eval_s, 1),
         "estimated_peak_bytes": int(peak), "available_bytes": psutil.virtual_memory().available,
+        "rows_per_forward": live_rows,
     }
 
 
@@ -89,7 +98,9 @@ def format_plan(p: dict, recipe, precision: str, where: str) -> str:
         f"  model      {recipe.model}, method {recipe.method}: trainable {p['trainable']:,} of {p['total']:,} "
         f"({100 * p['trainable'] / max(p['total'], 1):.2f} %)",
         f"  steps      {p['steps']:,} ({p['steps_per_epoch']:,} per epoch, {p['epochs']} epochs), batch "
-        f"{tc.batch_size} x {tc.grad_accum} accumulation, lr {tc.lr:g}",
+        f"{tc.batch_size} x {tc.grad_accum} accumulation, lr {tc.lr:g}"
+        + (f"; ~{p['rows_per_forward']} rows per forward (memory.micro_batch_tokens)"
+           if p.get("rows_per_forward", tc.batch_size) < tc.batch_size else ""),
         f"  precision  {precision} on {where}",
         f"  measured   {p['probe']['tokens_per_s']:,.0f} trained tokens/s ({p['probe']['rows']} rows, "
         f"{p['probe']['tokens']} tokens in {p['probe']['seconds']:.2f} s)",
@@ -98,8 +109,8 @@ def format_plan(p: dict, recipe, precision: str, where: str) -> str:
         f"({p['available_bytes'] / GIB:.1f} GiB available)",
     ]
     if p["estimated_peak_bytes"] > p["available_bytes"]:
-        lines.append("  warning    the estimate exceeds the free memory: lower train.batch_size or train.max_length, "
-                     "or use method lora")
+        lines.append("  warning    the estimate exceeds the free memory: lower memory.micro_batch_tokens or "
+                     "train.max_length, set memory.gradient_checkpointing: true, or use method lora")
     return "\n".join(lines)
 
 

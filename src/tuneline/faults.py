@@ -68,8 +68,15 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def memory_advice(recipe) -> str:
+    from .hardware import device_type
+
     t = recipe.train
     steps = []
+    # a smaller piece per forward is the same update: try it before anything that changes the run
+    budget = recipe.memory.token_budget(device_type()) or t.batch_size * t.max_length
+    if budget > max(8, t.max_length):
+        steps.append(f"--set memory.micro_batch_tokens={max(8, t.max_length, budget // 2)} (same update, "
+                     "fewer rows per forward)")
     if t.batch_size > 1:
         half = max(1, t.batch_size // 2)
         steps.append(f"--set train.batch_size={half} --set train.grad_accum={t.grad_accum * t.batch_size // half} "

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from . import distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
-from .data.batching import epoch_batches
+from .data.batching import epoch_batches, split_by_tokens
+from .fast_dropout import use_fast_dropout
 from .guard import DivergenceGuard
 from .runs import RunDir
 
@@ -81,6 +82,8 @@ class Trainer:
         self.watch = es.metric if es else task.default_metric
         self.mode = es.resolved_mode() if es else ("min" if self.watch in ("loss", "perplexity") else "max")
         self.main = distributed.is_main()
+        if self.acc.device.type == "cpu":
+            use_fast_dropout(self.model)
         # fsdp needs more than one process; with one it is plain training
         self.sharded = self.tc.sharding == "fsdp" and distributed.active()
         self.root = None  # the FSDP root module: every forward computation goes through it
@@ -98,9 +101,23 @@ class Trainer:
         if not distributed.active():
             self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.eval_batch = self.tc.eval_batch_size or self.tc.batch_size * 2
+        self.budget = recipe.memory.token_budget(self.acc.device.type)
         self.guard = DivergenceGuard(self.tc.divergence, run, self.tc.lr, self.tc.max_grad_norm)
 
     # ------------------------------------------------------------------
+    def _pieces(self, rows: list[int], lengths) -> list[tuple[dict, float]]:
+        """A batch as (micro-batch, share of its loss) pairs under memory.micro_batch_tokens. The
+        shares are each piece's part of the loss's terms (answer tokens, rows), so the summed
+        gradients equal the whole batch's."""
+        pieces = [self.task.collate(self.train_data, p, self.pad_id) for p in split_by_tokens(rows, lengths, self.budget)]
+        items = [self.task.loss_items(b) for b in pieces]
+        total = sum(items)
+        out = [(b, k / total) for b, k in zip(pieces, items) if k] if total else [(pieces[0], 0.0)]
+        if self.sharded:
+            # FSDP gathers weights in every forward: all ranks must run as many; extra ones count nothing
+            out += [(out[0][0], 0.0)] * (distributed.all_max(len(out)) - len(out))
+        return out
+
     def _run(self, fn):
         """fn(model), through the FSDP root when sharded (its hooks gather the weights)."""
         return self.root(fn) if self.root is not None else fn(self.model)
@@ -154,15 +171,17 @@ class Trainer:
                 step_loss, grad_norm = 0.0, None
                 for bi in range(start, end):
                     rows, weight = distributed.shard(batches[bi]) if distributed.active() else (batches[bi], 1.0)
-                    batch = self.task.collate(self.train_data, rows, self.pad_id)
-                    batch = {k: v.to(self.acc.device) for k, v in batch.items()}
-                    with self.acc.autocast():
-                        loss = self._run(lambda m: self.task.loss(m, batch)) * weight
-                    self.guard.check_loss(loss.item(), state["step"] + 1, state)
-                    self.acc.backward(loss / (end - start))
-                    step_loss += loss.item() / (end - start)
-                    real = int(batch["attention_mask"].sum()) if weight else 0
-                    computed = batch["attention_mask"].numel() if weight else 0
+                    real = computed = 0
+                    for batch, share in self._pieces(rows, lengths):
+                        batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+                        with self.acc.autocast():
+                            loss = self._run(lambda m: self.task.loss(m, batch)) * (weight * share)
+                        self.guard.check_loss(loss.item() / share if share else 0.0, state["step"] + 1, state)
+                        self.acc.backward(loss / (end - start))
+                        step_loss += loss.item() / (end - start)
+                        if weight and share:
+                            real += int(batch["attention_mask"].sum())
+                            computed += batch["attention_mask"].numel()
                     if distributed.active():
                         real, computed = (int(v) for v in distributed.all_sum([real, computed]))
                     state["tokens"] += real

@@ -208,7 +208,7 @@ def test_out_of_memory_is_answered_with_settings(recipe, tmp_path, capsys, monke
     monkeypatch.setattr(ClassifyTask, "loss", loss)
     code, out, err = run_cli(["train", r, "-o", tmp_path / "run"], capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
-    for setting in ("--set train.batch_size=4 --set train.grad_accum=4", "train.max_length=16",
+    for setting in ("memory.micro_batch_tokens=", "--set train.batch_size=4 --set train.grad_accum=4", "train.max_length=16",
                     "memory.gradient_checkpointing=true", "method=lora", "--dry-run"):
         assert setting in err, err
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -47,3 +47,20 @@ def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
     return ids, mask
+
+
+def split_by_tokens(rows: list[int], lengths, budget: int | None) -> list[list[int]]:
+    """Cut one batch into micro-batches of at most `budget` padded tokens (rows x longest row),
+    longest rows first so rows of one piece are alike in length; a row longer than the budget
+    goes alone. The pieces' gradients, weighted by their share of the loss, sum to the batch's."""
+    if budget is None or len(rows) <= 1:
+        return [rows]
+    ordered = sorted(rows, key=lambda i: -int(lengths[i]))
+    pieces: list[list[int]] = []
+    for i in ordered:
+        # the piece's width is its first (longest) row
+        if pieces and (len(pieces[-1]) + 1) * int(lengths[pieces[-1][0]]) <= budget:
+            pieces[-1].append(i)
+        else:
+            pieces.append([i])
+    return pieces

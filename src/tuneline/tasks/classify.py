@@ -229,6 +229,10 @@ class ClassifyTask:
         ids, mask = pad_batch([data.input_ids[i] for i in idx], pad_id)
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
 
+    def loss_items(self, batch: dict) -> int:
+        """How many terms the mean loss of `batch` averages: its rows."""
+        return len(batch["labels"])
+
     def loss(self, model, batch: dict) -> torch.Tensor:
         return model(**batch).loss
 

@@ -272,6 +272,10 @@ class GenerateTask:
         labels, _ = pad_batch([data.labels[i] for i in idx], IGNORE)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
+    def loss_items(self, batch: dict) -> int:
+        """How many terms the mean loss of `batch` averages: its answer tokens (after the shift)."""
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
     def loss(self, model, batch: dict) -> torch.Tensor:
         parts = _body_and_head(model)
         if parts is None:
