@@ -224,3 +224,25 @@ def test_head_only_where_labelled_equals_full_loss(method, tiny_llama, tmp_path)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     ours.backward()
     assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_neftune_noise_only_while_training(tiny_llama, gen_recipe):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneline.neftune import enable_neftune
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    ids = torch.randint(5, 1000, (2, 10))
+    clean = model.get_input_embeddings()(ids)
+    enable_neftune(model, 5.0)
+    model.train()
+    noisy = model.get_input_embeddings()(ids)
+    bound = 5.0 / (10 * clean.size(-1)) ** 0.5
+    diff = (noisy - clean).abs()
+    assert 0 < diff.max().item() <= bound + 1e-6
+    model.eval()
+    assert torch.equal(model.get_input_embeddings()(ids), clean)
+    # and a run with it trains and evaluates
+    result = tuneline.train(gen_recipe("lora", neftune_alpha=5.0))
+    assert result.eval["tuned"]["loss"] is not None

@@ -62,8 +62,9 @@ class LoadedRun:
         return self.task.predict(self.model, self.tokenizer, list(texts), self.max_length, batch_size,
                                  options=self.recipe.generate, system_prompt=self.recipe.generate.system_prompt)
 
-    def generate(self, messages: list[dict] | list[list[dict]], **options) -> str | list[str]:
-        """Answer a conversation (list of {role, content} ending with a user turn), or a list of them."""
+    def generate(self, messages: list[dict] | list[list[dict]], batch_size: int = 32, **options) -> str | list[str]:
+        """Answer a conversation (list of {role, content} ending with a user turn), or a list of them,
+        `batch_size` at a time (left-padded, KV-cached); options override the recipe's `generate`."""
         if self.info["task"] != "generate":
             raise UserError(f"{self.run.path}: generate() needs a run of task generate (this is {self.info['task']})")
         single = bool(messages) and isinstance(messages[0], dict)
@@ -72,7 +73,8 @@ class LoadedRun:
 
         convs = [with_system(c, self.recipe.generate.system_prompt) for c in convs]
         opts = self.recipe.generate.model_copy(update=options)
-        answers = self.task.generate(self.model, self.tokenizer, convs, opts, max_length=self.max_length)
+        answers = self.task.generate(self.model, self.tokenizer, convs, opts, batch_size=batch_size,
+                                     max_length=self.max_length)
         return answers[0] if single else answers
 
     def test_data_path(self) -> str:

@@ -15,6 +15,7 @@ from . import distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from .data.batching import epoch_batches, split_by_tokens
 from .fast_dropout import use_fast_dropout
+from .neftune import enable_neftune
 from .guard import DivergenceGuard
 from .runs import RunDir
 
@@ -84,6 +85,8 @@ class Trainer:
         self.main = distributed.is_main()
         if self.acc.device.type == "cpu":
             use_fast_dropout(self.model)
+        if self.tc.neftune_alpha:
+            enable_neftune(self.model, self.tc.neftune_alpha)
         # fsdp needs more than one process; with one it is plain training
         self.sharded = self.tc.sharding == "fsdp" and distributed.active()
         self.root = None  # the FSDP root module: every forward computation goes through it

@@ -96,6 +96,9 @@ class TrainConfig(_Strict):
         "none", description="fsdp: shard weights, gradients and optimizer state over the processes of --nproc / "
         "torchrun (PyTorch FSDP2); none: every process holds the whole model")
     replay: Optional[ReplayConfig] = None
+    neftune_alpha: Optional[float] = Field(None, gt=0, description="NEFTune: uniform noise of this scale on the input "
+                                           "embeddings while training (5 is the paper's usual value); instruction-tuned "
+                                           "models learn fuller answers with it")
 
     @field_validator("report_to", mode="before")
     @classmethod
