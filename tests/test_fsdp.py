@@ -42,7 +42,10 @@ def test_fsdp_two_processes_resume_and_match_one(tiny_llama, tmp_path):
                           data={"train": "train.jsonl", "test": "test.jsonl"},
                           train={"epochs": 2, "lr": 5e-3, "batch_size": 5, "max_length": 64, "log_every": 1,
                                  "dropout": 0.0, "save_every": 2, "seed": 3, "sharding": "fsdp"},
-                          generate={"max_new_tokens": 4}, eval={"forgetting": {"enabled": False}})
+                          generate={"max_new_tokens": 4}, eval={"forgetting": {"enabled": False}},
+                          # small pieces: the ranks cut their rows into different numbers of forwards,
+                          # which FSDP's per-forward gathers must still pair up
+                          memory={"micro_batch_tokens": 40})
     one, two = tmp_path / "one", tmp_path / "two"
     tuneline.train(recipe, output=one)  # one process: fsdp has nothing to shard over, plain training
     # The sharded run starts from an unsharded checkpoint (step 2): the files are the same either way.
