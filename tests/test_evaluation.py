@@ -293,3 +293,20 @@ def test_report_renders_in_headless_chromium(cls_run, tmp_path):
         browser.close()
     assert not failed and not errors, (failed, errors)
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_text_metrics_per_answer_chrf_and_length_ratio():
+    import sacrebleu
+
+    from tuneline.evaluate.text_metrics import text_metrics
+
+    refs = ["Kentucky", "the order ships within two days from our warehouse in Ohio " * 6]
+    short = ["Kentucky", "the order ships within two days"]
+    m = text_metrics(short, refs)
+    per = [sacrebleu.sentence_chrf(p, [r]).score for p, r in zip(short, refs)]
+    assert m["chrf_per_answer"] == pytest.approx(sum(per) / 2)
+    # the long reference dominates corpus chrF; each answer counts alike in the per-answer mean
+    assert m["chrf"] < m["chrf_per_answer"]
+    assert m["length_ratio"] == pytest.approx((1 + 6) / (1 + 66))
+    assert m["exact_match"] == 0.5
+    assert text_metrics([], [])["length_ratio"] is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 HEADLINE = {
     "classify": ("accuracy", "macro_f1", "loss"),
-    "generate": ("loss", "perplexity", "exact_match", "bleu", "chrf", "rougeL"),
+    "generate": ("loss", "perplexity", "exact_match", "bleu", "chrf", "chrf_per_answer", "rougeL", "length_ratio"),
 }
 
 

@@ -19,6 +19,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1020px;margin:2em auto
          "nav a{margin-right:.8em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
+NOT_A_SCORE = {"length_ratio"}  # best near 1: neither direction is better
 
 
 def esc(x) -> str:
@@ -35,7 +36,7 @@ def signed(v, metric: str) -> str:
     if not isinstance(v, (int, float)):
         return "-"
     better = (v < 0) if metric in LOWER_IS_BETTER else (v > 0)
-    cls = "good" if better else ("bad" if v != 0 else "muted")
+    cls = "muted" if metric in NOT_A_SCORE or v == 0 else ("good" if better else "bad")
     return f"<span class='{cls}'>{v:+.4f}</span>"
 
 
@@ -84,7 +85,7 @@ def metrics_section(result: dict) -> list[str]:
     if zs:
         out.append(f"<p class='muted'>Zero-shot: the untuned chat model was asked to answer with one label; "
                    f"{zs.get('unparseable', 0)} of {zs.get('n')} answers named no label and count as wrong.</p>")
-    bar_keys = [k for k in keys if k not in LOWER_IS_BETTER and isinstance(tuned.get(k), (int, float))]
+    bar_keys = [k for k in keys if k not in LOWER_IS_BETTER | NOT_A_SCORE and isinstance(tuned.get(k), (int, float))]
     if bar_keys:
         series = {name: [float(d.get(k) or 0) for k in bar_keys] for name, d in cols}
         out.append(img(plots.bars_plot(bar_keys, series, "score", "test metrics"), "baseline vs tuned"))
