@@ -1,6 +1,7 @@
 """NEFTune (Jain et al. 2023, as in TRL and the Transformers Trainer): uniform noise on the input
-embeddings while training. Instruction-tuned models trained with it write fuller answers; the
-noise is off in evaluation and generation (the hook checks the module's training flag)."""
+embeddings while training, reported to give instruction-tuned models fuller answers (it did not
+lengthen SmolLM2's Dolly answers here: benchmarks/README.md). The noise is off in evaluation and
+generation (the hook checks the module's training flag)."""
 
 from __future__ import annotations
 

@@ -97,8 +97,8 @@ class TrainConfig(_Strict):
         "torchrun (PyTorch FSDP2); none: every process holds the whole model")
     replay: Optional[ReplayConfig] = None
     neftune_alpha: Optional[float] = Field(None, gt=0, description="NEFTune: uniform noise of this scale on the input "
-                                           "embeddings while training (5 is the paper's usual value); instruction-tuned "
-                                           "models learn fuller answers with it")
+                                           "embeddings while training (5 is the paper's usual value), reported to "
+                                           "give fuller answers after instruction tuning")
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -10,8 +10,8 @@ def normalise(s: str) -> str:
 
 
 def text_metrics(predictions: list[str], references: list[str]) -> dict:
-    """exact_match, rougeL and length_ratio in 0..1 (the ratio can exceed 1); bleu, chrf and chrf_per_answer
-    on sacrebleu's 0..100 scale."""
+    """exact_match and rougeL in 0..1; bleu, chrf and chrf_per_answer on sacrebleu's 0..100 scale;
+    length_ratio near 1 when answers are as long as the references."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
