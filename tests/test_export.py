@@ -167,11 +167,27 @@ def test_hf_chat_model_answers_like_the_run_without_tuneline(chat_run, chat_llam
     assert cfg["base_model_name_or_path"] == str(chat_llama)  # a local base stays as the recipe named it
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["max_new_tokens"] == 6 and gen["do_sample"] is False
+    assert "repetition_penalty" not in gen and "no_repeat_ngram_size" not in gen  # off in the run: not written
     assert (out / "chat_template.jinja").is_file()
     printed = run_without_tuneline(card_code(out).replace('"Hello!"', '"what is the code for red item 3?"'), out)
     run = tuneline.load_run(chat_run)
     expected = run.generate([{"role": "user", "content": "what is the code for red item 3?"}])
     assert printed.rstrip("\n").strip() == expected
+
+
+def test_hf_generation_config_carries_the_loop_breakers(tmp_path):
+    from types import SimpleNamespace
+
+    from tuneline.export.hf import _decoding_defaults
+
+    tok = SimpleNamespace(eos_token_id=2, pad_token_id=2)
+    source = SimpleNamespace(info={"generate": {"max_new_tokens": 9, "temperature": 0.0, "repetition_penalty": 1.2,
+                                                "no_repeat_ngram_size": 3}}, loaded=SimpleNamespace(tokenizer=tok))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "temperature": 0.7}))
+    _decoding_defaults(source, tmp_path)
+    gen = json.loads((tmp_path / "generation_config.json").read_text())
+    assert gen["repetition_penalty"] == 1.2 and gen["no_repeat_ngram_size"] == 3
+    assert gen["max_new_tokens"] == 9 and gen["do_sample"] is False and "temperature" not in gen
 
 
 def test_hf_f16_halves_the_weights_within_tolerance(cls_run, tmp_path):
@@ -216,6 +232,7 @@ def test_gguf_round_trip_through_transformers_loader(chat_run, tmp_path):
     assert "FROM ./model-f16.gguf" in modelfile and '{{ if eq .Role "user" }}<|im_start|>user' in modelfile
     assert f'SYSTEM """{SYSTEM}"""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "PARAMETER num_predict 6" in modelfile and "PARAMETER temperature 0" in modelfile
+    assert "PARAMETER repeat_penalty 1\n" in modelfile  # Ollama's default (1.1) would change the answers
 
 
 def test_llama_cpp_loads_the_gguf_and_answers_like_the_run(chat_run, tmp_path):

@@ -246,3 +246,38 @@ def test_neftune_noise_only_while_training(tiny_llama, gen_recipe):
     # and a run with it trains and evaluates
     result = tuneline.train(gen_recipe("lora", neftune_alpha=5.0))
     assert result.eval["tuned"]["loss"] is not None
+
+
+def test_loop_breakers_reach_generation(tiny_llama):
+    """repetition_penalty and no_repeat_ngram_size change what greedy decoding writes."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneline.models import load_tokenizer
+    from tuneline.recipe import GenerateOptions
+    from tuneline.tasks import get_task
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    tok = load_tokenizer(str(tiny_llama), False)
+    task = get_task("generate")
+    outputs = []
+    real_generate = model.generate
+
+    def spy(**kwargs):
+        out = real_generate(**kwargs)
+        outputs.append(out[:, kwargs["input_ids"].shape[1]:].tolist())
+        return out
+
+    model.generate = spy
+    conv = [[{"role": "user", "content": "where is my parcel"}], [{"role": "user", "content": "refund please"}]]
+    task.generate(model, tok, conv, GenerateOptions(max_new_tokens=24))
+    task.generate(model, tok, conv, GenerateOptions(max_new_tokens=24, no_repeat_ngram_size=1))
+    task.generate(model, tok, conv, GenerateOptions(max_new_tokens=24, repetition_penalty=5.0))
+    ends = {tok.eos_token_id, tok.pad_token_id}
+
+    def answers(rows):  # each row's tokens up to its end (what follows is padding)
+        return [ids[:next((i for i, t in enumerate(ids) if t in ends), len(ids))] for ids in rows]
+
+    plain, no_repeat, penalised = (answers(rows) for rows in outputs)
+    assert any(len(set(ids)) < len(ids) for ids in plain)  # a random model loops when greedy
+    assert all(len(set(ids)) == len(ids) for ids in no_repeat)
+    assert penalised != plain

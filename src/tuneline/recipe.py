@@ -132,6 +132,8 @@ class GenerateOptions(_Strict):
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, description="above 1 makes tokens already in the text less likely")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="never repeat an n-gram of this many tokens (0 = off)")
     system_prompt: Optional[str] = None
 
 

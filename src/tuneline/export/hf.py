@@ -70,6 +70,11 @@ def _decoding_defaults(source, out: Path) -> None:
     else:
         for k in ("temperature", "top_p", "top_k"):
             cfg.pop(k, None)
+    for key, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+        if g.get(key, off) != off:
+            cfg[key] = g[key]
+        else:
+            cfg.pop(key, None)
     atomic_write_json(f, cfg)
 
 

@@ -59,6 +59,8 @@ def modelfile(gguf_name: str, tokenizer, generate_options: dict, run_path: str) 
     lines.append(f"PARAMETER temperature {temperature:g}")
     if temperature > 0 and generate_options.get("top_p") is not None:
         lines.append(f"PARAMETER top_p {float(generate_options['top_p']):g}")
+    # Always written: Ollama's own default (1.1) would make its answers differ from the run's.
+    lines.append(f"PARAMETER repeat_penalty {float(generate_options.get('repetition_penalty') or 1.0):g}")
     if generate_options.get("max_new_tokens"):
         lines.append(f"PARAMETER num_predict {int(generate_options['max_new_tokens'])}")
     return "\n".join(lines) + "\n"

@@ -346,6 +346,11 @@ class GenerateTask:
                 kwargs.update(temperature=options.temperature, top_p=options.top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            # Loop breakers; off by default: on Dolly they cut ROUGE-L and chrF (benchmarks/README.md).
+            if options.repetition_penalty != 1.0:
+                kwargs["repetition_penalty"] = options.repetition_penalty
+            if options.no_repeat_ngram_size:
+                kwargs["no_repeat_ngram_size"] = options.no_repeat_ngram_size
             kwargs.update(generate_kwargs)
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             for row, i in enumerate(idx):
