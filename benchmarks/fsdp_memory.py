@@ -48,7 +48,7 @@ def build(work: Path) -> Path:
 
 def rank_main(recipe: Path, out: Path, report: Path) -> None:
     import tuneline
-    from tuneline.loop import Callback
+    from tuneline.training.loop import Callback
 
     import psutil
 

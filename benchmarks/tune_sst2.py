@@ -26,13 +26,13 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-tune-sst2")
     args = ap.parse_args()
 
-    from tuneline.cli import _quiet_libraries
-    from tuneline.pipeline import train
+    from tuneline.cli.app import quiet_libraries
+    from tuneline.training.pipeline import train
     from tuneline.recipe import load_recipe
     from tuneline.tune.search import run_search
     from tuneline.tune.trial import objective_value, with_checks
 
-    _quiet_libraries()
+    quiet_libraries()
     out = Path(args.out)
     recipe, base_dir = load_recipe(args.recipe)
     metric, checks = recipe.search.metric, recipe.search.evals_per_trial

@@ -14,7 +14,7 @@ import tuneline
 from conftest import write_jsonl, write_recipe
 from serve_helpers import CHATS
 from tuneline.errors import RunStopped
-from tuneline.loop import Callback
+from tuneline.training.loop import Callback
 
 
 class _StopAt(Callback):
@@ -76,8 +76,8 @@ ROUND_TRIP = textwrap.dedent('''
     import torch.distributed as dist
     from torch import nn
 
-    from tuneline import sharding
-    from tuneline.checkpoint import load_checkpoint, save_checkpoint
+    from tuneline.training import sharding
+    from tuneline.training.checkpoint import load_checkpoint, save_checkpoint
 
     class Toy(nn.Module):  # odd sizes: uneven shards over two ranks
         def __init__(self):

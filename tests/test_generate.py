@@ -193,7 +193,7 @@ def test_head_only_where_labelled_equals_full_loss(method, tiny_llama, tmp_path)
     Transformers' own loss over full logits (the mean over the same tokens)."""
     import torch
 
-    from tuneline.methods import apply_method
+    from tuneline.training.methods import apply_method
     from tuneline.recipe import recipe_from_dict
     from tuneline.tasks.generate import GenerateTask, _body_and_head
 
@@ -230,7 +230,7 @@ def test_neftune_noise_only_while_training(tiny_llama, gen_recipe):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneline.neftune import enable_neftune
+    from tuneline.training.neftune import enable_neftune
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
     ids = torch.randint(5, 1000, (2, 10))

@@ -9,7 +9,7 @@ import torch
 import tuneline
 from tuneline.data.batching import split_by_tokens
 from tuneline.errors import UserError
-from tuneline.fast_dropout import FastDropout, use_fast_dropout
+from tuneline.training.fast_dropout import FastDropout, use_fast_dropout
 from tuneline.recipe import recipe_from_dict
 
 from conftest import synthetic_rows, write_jsonl, write_recipe

@@ -80,7 +80,7 @@ def test_systematic_correction_is_promoted_hot_reloaded_and_rolled_back(run, tmp
         info = c.get("/api/info").json()
         assert info["model_version"] == "v2" and info["events"][-1]["action"] == "promote"
 
-        from tuneline.cli_serve import rollback
+        from tuneline.cli.serve import rollback
 
         rollback(run, to=None)
         assert Registry(run).champion == "v1"

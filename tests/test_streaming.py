@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import tuneline
-from tuneline import faults
+from tuneline.training import faults
 from tuneline.data import streaming, token_cache
 from tuneline.data.batching import epoch_batches
 from tuneline.errors import UserError
-from tuneline.loop import Callback
+from tuneline.training.loop import Callback
 from tuneline.models import load_tokenizer
-from tuneline.pipeline import load_splits
+from tuneline.training.pipeline import load_splits
 from tuneline.recipe import recipe_from_dict
 from tuneline.tasks import get_task
 

@@ -65,7 +65,7 @@ def test_method_trains_and_saves(method, tiny_recipe, tmp_path):
 
 
 def test_freeze_trains_only_head_and_top_layers(tiny_recipe):
-    from tuneline.methods import apply_method
+    from tuneline.training.methods import apply_method
     from tuneline.recipe import load_recipe
     from transformers import AutoModelForSequenceClassification
 

@@ -5,7 +5,7 @@ import json
 import random
 
 import tuneline
-from tuneline.diagnose import diagnose
+from tuneline.training.diagnose import diagnose
 from tuneline.recipe import recipe_from_dict
 
 from conftest import synthetic_rows, write_jsonl, write_recipe

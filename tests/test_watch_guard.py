@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import tuneline
 from tuneline.errors import RunFailed
-from tuneline.guard import DivergenceGuard
+from tuneline.training.guard import DivergenceGuard
 from tuneline.recipe import DivergenceConfig
 from tuneline.runs import RunDir
 from tuneline.tasks.classify import ClassifyTask

@@ -10,7 +10,7 @@ import pytest
 import tuneline
 from tuneline.errors import RunFailed, UserError
 from tuneline.runs import RunDir
-from tuneline.trackers import MlflowTracker
+from tuneline.training.trackers import MlflowTracker
 
 
 def _recipe(tiny_recipe, tmp_path, report_to, **train):
@@ -108,7 +108,7 @@ def test_all_three_trackers_read_back(tiny_recipe, tmp_path):
 
 
 def test_missing_tracker_is_a_user_error_before_anything_runs(tiny_recipe, tmp_path, monkeypatch):
-    import tuneline.trackers as trackers
+    import tuneline.training.trackers as trackers
 
     monkeypatch.setitem(trackers.MODULES, "mlflow", "no_such_module_for_tuneline_tests")
     recipe = _recipe(tiny_recipe, tmp_path, ["mlflow"])

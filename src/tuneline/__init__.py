@@ -17,7 +17,7 @@ from .errors import RunFailed, UserError
 
 def train(recipe, **kwargs):
     """Run a recipe (path to YAML, or a Recipe) end to end. See `pipeline.train` for options."""
-    from .pipeline import train as _train
+    from .training.pipeline import train as _train
 
     return _train(recipe, **kwargs)
 

@@ -80,7 +80,7 @@ def _license(source, entry) -> str:
 
 def _method_costs(path, config, task: str, method: str, lora_r: int, batch: int, length: int, act_bytes: int,
                   dims: dict) -> dict:
-    from .methods import apply_method, count_parameters
+    from .training.methods import apply_method, count_parameters
     from .recipe import recipe_from_dict
 
     recipe = recipe_from_dict({"task": task, "model": "x", "method": method, "data": {"train": "x"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -45,6 +46,26 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+@contextlib.contextmanager
+def staged_dir(final_dir: Path, prefix: str | None = None):
+    """Yields a new temporary folder beside `final_dir`; when the block ends without error the
+    folder replaces `final_dir` (replace_dir), otherwise it is removed. A full disk or a Ctrl-C
+    mid-write never leaves a half-written folder in place or behind.
+
+        with staged_dir(run.model_dir) as tmp:
+            model.save_pretrained(tmp)
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=prefix or f".{final_dir.name}."))
+    try:
+        yield tmp
+        replace_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def inside(base: Path, relative: str, source: str) -> Path:

@@ -99,7 +99,7 @@ def test_pickle_weights_in_a_model_folder_are_not_executed(tmp_path, tiny_bert, 
 
 
 def test_poisoned_checkpoint_is_refused_on_resume(tmp_path, tiny_bert, capsys, monkeypatch):
-    from tuneline.loop import Callback
+    from tuneline.training.loop import Callback
 
     write_jsonl(tmp_path / "train.jsonl", synthetic_rows(80, 1))
     write_jsonl(tmp_path / "test.jsonl", synthetic_rows(20, 2))

@@ -107,7 +107,7 @@ def test_small_disk_is_refused_before_anything_is_written(recipe, tmp_path, caps
 def test_disk_filling_up_during_training_fails_cleanly(recipe, tmp_path, monkeypatch):
     """A real ENOSPC: a tmpfs with room for the first checkpoint but not for the second. The disk
     check passes first (space taken by something else during the run is what it cannot foresee)."""
-    from tuneline import preflight
+    from tuneline.training import preflight
 
     r = recipe(eval_every=2)
     monkeypatch.setattr(preflight, "check_disk_space", lambda *a, **k: None)
@@ -217,7 +217,7 @@ def test_out_of_memory_is_answered_with_settings(recipe, tmp_path, capsys, monke
 
 def test_gradient_checkpointing_same_gradients(tiny_bert):
     """The setting the out-of-memory answer recommends: turned on, and changes no gradient."""
-    from tuneline.methods import apply_method
+    from tuneline.training.methods import apply_method
     from tuneline.recipe import recipe_from_dict
     from tuneline.tasks.classify import ClassifyTask
 

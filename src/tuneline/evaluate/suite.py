@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli_format import HEADLINE
+from ..reporting.tables import HEADLINE
 from .calibration import calibration, most_confident_errors
 from .counterfactual import Swapper, load_pairs, summarise
 from .forgetting import measure_forgetting

@@ -57,7 +57,7 @@ def _versions() -> dict:
 def _headline(ev: dict | None) -> dict | None:
     if not ev:
         return None
-    from ..cli_format import HEADLINE
+    from ..reporting.tables import HEADLINE
 
     keys = HEADLINE.get(ev.get("task"), ())
     return {side: {k: ev[side][k] for k in keys if k in ev.get(side, {})} for side in ("tuned", "baseline")} | {

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from ..cli_format import HEADLINE
+from ..reporting.tables import HEADLINE
 from ..models import CATALOG
 
 PIPELINE_TAG = {"classify": "text-classification", "generate": "text-generation"}

@@ -161,7 +161,7 @@ def retrain(run_dir: str | Path, db_url: str | None = None, overrides: list[str]
     import yaml
 
     from ..inference import load_run
-    from ..pipeline import train
+    from ..training.pipeline import train
     from ..recipe import apply_overrides
     from ..tasks import get_task
 

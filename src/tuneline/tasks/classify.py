@@ -16,6 +16,8 @@ from ..data.streaming import StreamedRows
 from ..data.token_cache import TOKENS, ChunkEncoder, TokenColumn, WhereColumn, row_lengths
 from ..errors import UserError
 from ..evaluate.metrics import classification_metrics
+from . import register_task
+from .base import Task
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "input", "document", "utterance", "query",
                 "question", "comment", "body", "instruction")
@@ -109,10 +111,21 @@ def text_and_label(rec: dict, where: str, text_col: str, label_col: str | None) 
     return t, label_to_str(lab)
 
 
-class ClassifyTask:
+@register_task
+class ClassifyTask(Task):
     name = "classify"
+    model_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    pipeline_tag = "text-classification"
+    new_head = True
+    data_shape = "labelled_text"
     default_metric = "macro_f1"
     metric_names = ("loss", "accuracy", "macro_f1")
+    headline_metrics = ("accuracy", "macro_f1", "loss")
+    key_metric = "accuracy"
+    serves = ("classify",)
+    export_formats = ("hf", "onnx")
+    report_sections = ("classes",)
 
     # -- data -------------------------------------------------------------
     def columns(self, rows: Rows, recipe) -> tuple[str, str]:

@@ -22,6 +22,8 @@ from ..data.streaming import StreamedRows
 from ..data.token_cache import TOKENS, ChunkEncoder, TokenColumn, WhereColumn, row_lengths
 from ..errors import UserError
 from ..evaluate.text_metrics import text_metrics
+from . import register_task
+from .base import Task
 
 IGNORE = -100
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does)
@@ -159,13 +161,23 @@ def _body_and_head(model):
         return None
 
 
-class GenerateTask:
+@register_task
+class GenerateTask(Task):
     name = "generate"
+    options_section = "generate"
+    model_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    pipeline_tag = "text-generation"
+    causal_lm = True
+    data_shape = "chat"
     default_metric = "loss"
     metric_names = ("loss", "perplexity")
-
-    def strata(self, rows: Rows, recipe):
-        return None
+    headline_metrics = ("loss", "perplexity", "exact_match", "bleu", "chrf", "chrf_per_answer", "rougeL",
+                        "length_ratio")
+    key_metric = "chrf"
+    serves = ("chat",)
+    export_formats = ("hf", "gguf")
+    report_sections = ("samples",)
 
     # -- data -------------------------------------------------------------
     def conversations(self, rows: Rows, recipe) -> list[list[dict]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..loop import Callback, make_plan
+from ..training.loop import Callback, make_plan
 from ..recipe import Recipe
 
 _UNITS = {"h": 3600, "m": 60, "s": 1}
@@ -87,7 +87,7 @@ def probe(recipe: Recipe, base_dir: Path, checks: int, force: bool = False, step
     import contextlib
     import io
 
-    from ..pipeline import train
+    from ..training.pipeline import train
     from ..runs import RunDir
     from .trial import train_rows, with_checks
 

@@ -7,7 +7,7 @@ import html
 import json
 import os
 
-from ..plots import _png
+from ..reporting.plots import _png
 from ..runs import RunDir, atomic_write_text
 from .budget import fmt_seconds
 from .study import StudyDir
@@ -145,7 +145,7 @@ def write_study_reports(sd: StudyDir, summary: dict) -> None:
         run = RunDir(sd.path / best["folder"])
         eval_file = run.eval_file
         if eval_file.exists():
-            from ..report import write_report
+            from ..reporting.report import write_report
 
             prefix = os.path.relpath(sd.path, run.path) + "/"
             write_report(run, extra_sections=(study_section(summary, prefix),))

@@ -185,7 +185,7 @@ _REASONS = {"timeout": "the --timeout was reached (no new trial starts after it)
 
 
 def _plain_report(folder: Path) -> None:
-    from ..report import write_report
+    from ..reporting.report import write_report
     from ..runs import RunDir
 
     run = RunDir(folder)

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import RunFailed, RunStopped, UserError
-from ..loop import Callback
+from ..training.loop import Callback
 from ..recipe import Recipe, recipe_from_dict
 from ..runs import RunDir
 from .space import Dimension, trial_recipe
@@ -78,7 +78,7 @@ class Outcome:
 @lru_cache(maxsize=8)
 def _train_rows(recipe_json: str, base_dir: str) -> int:
     """Rows left for training after the held-out splits (read once per process and data config)."""
-    from ..pipeline import load_splits
+    from ..training.pipeline import load_splits
     from ..tasks import get_task
 
     recipe = recipe_from_dict(json.loads(recipe_json))
@@ -95,7 +95,7 @@ def train_rows(recipe: Recipe, base_dir: str | Path) -> int:
 def with_checks(recipe: Recipe, base_dir: str, checks: int) -> Recipe:
     """Evaluate k times per trial (unless the recipe sets eval_every): the pruner needs checks
     during training, not just one at the end of a one-epoch run."""
-    from ..loop import make_plan
+    from ..training.loop import make_plan
 
     if recipe.train.eval_every is not None or checks < 2:
         return recipe
@@ -138,7 +138,7 @@ def objective_value(folder: Path, metric: str) -> float:
 def run_trial(trial, sd: StudyDir, s: Settings, dims: list[Dimension], deadline: float | None = None) -> Outcome:
     """Train one trial (output to its log file) and return its outcome; the caller tells Optuna.
     UserError and KeyboardInterrupt propagate (after the outcome is recorded on the trial)."""
-    from ..pipeline import train
+    from ..training.pipeline import train
 
     t0 = time.time()
     recipe, folder, resume, params = prepare_trial(trial, sd, s, dims)

@@ -124,10 +124,10 @@ def _params_preview(trial, dims) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import _quiet_libraries
+    from ..cli.app import quiet_libraries
 
     argv = sys.argv[1:] if argv is None else argv
-    _quiet_libraries()
+    quiet_libraries()
     study_dir, worker = argv[0], int(argv[1])
     try:
         reason = run_worker(study_dir, worker)

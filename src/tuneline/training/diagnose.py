@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 
-from .runs import RunDir, atomic_write_json
+from ..runs import RunDir, atomic_write_json
 
 # How much worse validation must get after its best to count: noise on a small validation set
 # moves the loss by a few percent between evaluations.

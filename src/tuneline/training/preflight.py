@@ -9,8 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import hardware
-from .errors import UserError
+from .. import hardware
+from ..errors import UserError
 
 # Encoder-only families: Transformers gives some of them a causal-LM class (BertLMHeadModel),
 # but their weights were never trained to predict the next token, so `generate` would learn from noise.
@@ -54,7 +54,7 @@ def check(recipe, task, source, prepared, out: Path, *, writes: bool = True) -> 
 
 
 def _config(recipe, source):
-    from .models import load_config
+    from ..models import load_config
 
     return load_config(source.path, recipe.trust_remote_code)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 
-from .errors import RunFailed
-from .runs import RunDir, atomic_write_json
+from ..errors import RunFailed
+from ..runs import RunDir, atomic_write_json
 
 # Smoothing of the per-step loss: about the last 10 steps. Single batches are noisy; one bad
 # batch should not stop a run, a trend should.

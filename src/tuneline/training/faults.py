@@ -14,7 +14,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import RunFailed, UserError
+from ..errors import RunFailed, UserError
 
 
 class Interrupted(KeyboardInterrupt):
@@ -68,7 +68,7 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def memory_advice(recipe) -> str:
-    from .hardware import device_type
+    from ..hardware import device_type
 
     t = recipe.train
     steps = []

@@ -8,7 +8,10 @@ from typing import List
 
 import typer
 
+from .app import app
 
+
+@app.command("export")
 def export(
     run: Path = typer.Argument(..., help="run folder"),
     fmt: str = typer.Option(..., "--format", "-f", help="hf | gguf | onnx"),
@@ -21,8 +24,8 @@ def export(
 ):
     """Export a run: merged model + tokenizer (hf), GGUF + Ollama Modelfile (gguf), ONNX graph (onnx).
     Each export is checked against the run's model; the figures go into manifest.json and the model card."""
-    from .export import export_run
-    from .export.card import parity_lines
+    from ..export import export_run
+    from ..export.card import parity_lines
 
     manifest = export_run(run, fmt, out, quantize=quantize, overwrite=overwrite, samples=samples)
     if as_json:

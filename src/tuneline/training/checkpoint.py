@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import sharding
-from .runs import atomic_write_json, replace_dir
+from ..runs import atomic_write_json, replace_dir
 
 
 def trainable_state(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
@@ -118,7 +118,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
 
 def _load_tensors(path: Path):
     """Our own torch.save file, read without running code: anything else in it is refused."""
-    from .errors import UserError
+    from ..errors import UserError
 
     try:
         return torch.load(path, weights_only=True)

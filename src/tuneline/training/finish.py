@@ -13,7 +13,7 @@ from .checkpoint import load_trainable_state
 from .diagnose import diagnose_run, format_findings, write_diagnostics
 from .guard import assert_finite
 from .methods import PEFT_METHODS
-from .runs import RunDir, atomic_write_json, replace_dir
+from ..runs import RunDir, atomic_write_json, replace_dir
 
 
 def save_final_model(model, tokenizer, recipe, run: RunDir) -> tuple[object, bool]:
@@ -65,16 +65,16 @@ def write_predictions(run: RunDir, predictions: list[dict], name: str = "predict
     """Per-row test predictions: the evidence behind every number in eval.json."""
     import json
 
-    from .runs import atomic_write_text
+    from ..runs import atomic_write_text
 
     atomic_write_text(run.path / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
 
 
 def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, state: dict, started: float):
-    from .evaluate.suite import evaluate_model
-    from .model_card import write_model_card
+    from ..evaluate.suite import evaluate_model
+    from ..reporting.model_card import write_model_card
     from .pipeline import RunResult
-    from .report import write_report
+    from ..reporting.report import write_report
 
     best = run.best_ckpt / "trainable.safetensors"
     if best.exists():
@@ -114,7 +114,7 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
 
 
 def print_summary(result: dict, run: RunDir) -> None:
-    from .cli_format import metrics_table
+    from ..reporting.tables import metrics_table
 
     print()
     print(metrics_table(result))

@@ -7,9 +7,9 @@ import json
 
 import yaml
 
-from .cli_format import HEADLINE, _fmt
+from .tables import HEADLINE, _fmt
 from .report import read_json
-from .runs import RunDir, atomic_write_text
+from ..runs import RunDir, atomic_write_text
 
 PIPELINE_TAG = {"classify": "text-classification", "generate": "text-generation"}
 

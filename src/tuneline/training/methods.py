@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .errors import UserError
-from .recipe import Recipe
+from ..errors import UserError
+from ..recipe import Recipe
 
 # LoRA targets per architecture (model_type). Every linear layer of the blocks, which
 # is what works best in practice (QLoRA paper); the head is trained in full instead.

@@ -94,7 +94,7 @@ def all_max(value: int) -> int:
 def launch(argv: list[str], nproc: int, sharded: bool = False) -> int:
     """Re-run this command under torchrun with nproc processes on this machine; each process
     gets an equal share of the CPU threads."""
-    from .hardware import device_type, physical_cores
+    from ..hardware import device_type, physical_cores
 
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, physical_cores() // nproc)))

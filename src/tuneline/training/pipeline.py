@@ -10,18 +10,19 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import distributed, faults, hardware, preflight
-from .data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
-from .data import streaming
-from .data.replay import load_replay
-from .data.streaming import StreamedRows
-from .data.split import split_rows
-from .errors import RunStopped, UserError
+from . import distributed, faults, preflight
+from .. import hardware
+from ..data.io import Rows, file_sha256, read_rows, resolve_data_path, write_jsonl
+from ..data import streaming
+from ..data.replay import load_replay
+from ..data.streaming import StreamedRows
+from ..data.split import split_rows
+from ..errors import RunStopped, UserError
 from .methods import apply_method, count_parameters
-from .models import resolve_model, load_tokenizer
-from .recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
-from .runs import RunDir, atomic_write_json, atomic_write_text, package_versions
-from .tasks import get_task
+from ..models import resolve_model, load_tokenizer
+from ..recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
+from ..runs import RunDir, atomic_write_json, atomic_write_text, package_versions
+from ..tasks import get_task
 from .trackers import check_available as check_trackers, tracking
 
 
@@ -114,7 +115,7 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
         name = Path(recipe).stem if Path(recipe).stem != "recipe" else Path(recipe).resolve().parent.name
         recipe, base_dir = load_recipe(recipe, overrides)
     elif overrides:
-        from .recipe import apply_overrides
+        from ..recipe import apply_overrides
 
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
     out = Path(output or recipe.output or Path("runs") / name)
@@ -221,14 +222,14 @@ def _resolve_eval_files(recipe: Recipe, base_dir: Path | None) -> None:
         e.forgetting.reference = str(resolve_data_path(e.forgetting.reference, base_dir, "eval.forgetting.reference"))
     if isinstance(e.counterfactuals, str):
         e.counterfactuals = str(resolve_data_path(e.counterfactuals, base_dir, "eval.counterfactuals"))
-        from .evaluate.counterfactual import load_pairs
+        from ..evaluate.counterfactual import load_pairs
 
         load_pairs(e.counterfactuals)  # a malformed pairs file fails now, not after training
 
 
 def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
     """The same audit as `tuneline data check`, before any training time is spent."""
-    from .data.audit import audit, format_table
+    from ..data.audit import audit, format_table
 
     t0 = time.time()
     d = recipe.data
@@ -244,7 +245,7 @@ def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
                    system_prompt=recipe.generate.system_prompt if recipe.task == "generate" else None)
     print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; details in the run's audit.json)", flush=True)
     if result.errors and not force:
-        from .data.audit import error_summary
+        from ..data.audit import error_summary
 
         raise UserError(f"the data audit found errors: {error_summary(result)}. Fix the data (`tuneline data check FILE --fix DIR` "
                         "writes cleaned copies) or train anyway with --force")

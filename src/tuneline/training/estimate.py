@@ -49,7 +49,7 @@ def probe_step(task, model, data, recipe, pad_id: int, rows: int) -> dict:
 
 
 def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
-    from . import hardware
+    from .. import hardware
     from .fast_dropout import use_fast_dropout
     from .loop import make_plan
     from .methods import apply_method, count_parameters

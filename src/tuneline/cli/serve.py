@@ -9,16 +9,11 @@ from typing import List, Optional
 
 import typer
 
-from .errors import UserError
+from ..errors import UserError
+from .app import app
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(serve)
-    app.command()(monitor)
-    app.command()(retrain)
-    app.command()(rollback)
-
-
+@app.command()
 def serve(
     run: Path = typer.Argument(..., help="run folder (its registry's champion version is served)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs TUNELINE_API_KEY"),
@@ -37,8 +32,8 @@ def serve(
     /health, /metrics, and the dashboard at /."""
     import uvicorn
 
-    from .serve.app import ServeSettings, check_bind, create_app
-    from .serve.schemas import Limits
+    from ..serve.app import ServeSettings, check_bind, create_app
+    from ..serve.schemas import Limits
 
     settings = ServeSettings(run_dir=str(run), host=host, db_url=db, store_inputs=not no_store_inputs,
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes,
@@ -59,6 +54,7 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
 
 
+@app.command()
 def monitor(
     run: Path = typer.Argument(..., help="run folder"),
     db: Optional[str] = typer.Option(None, "--db", help="monitoring store URL (default: sqlite RUN/monitor.db)"),
@@ -67,9 +63,9 @@ def monitor(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ):
     """Traffic, drift and feedback summary from the monitoring store."""
-    from .serve.monitor import offline_drift, summary
-    from .serve.registry import Registry
-    from .serve.store import Store, default_db_url
+    from ..serve.monitor import offline_drift, summary
+    from ..serve.registry import Registry
+    from ..serve.store import Store, default_db_url
 
     registry = Registry(run)
     url = db or default_db_url(run)
@@ -82,7 +78,7 @@ def monitor(
         out["versions"] = [{"id": v["id"], "source": v["source"], "test_metrics": v["test_metrics"],
                             "decision": v.get("decision")} for v in registry.read()["versions"]]
         if not no_drift:
-            from .inference import load_run
+            from ..inference import load_run
 
             loaded = load_run(registry.champion_path())
             out["drift"] = offline_drift(loaded, registry.champion, registry.champion_path(), store)
@@ -122,6 +118,7 @@ def format_monitor(s: dict) -> str:
     return "\n".join(lines)
 
 
+@app.command()
 def retrain(
     run: Path = typer.Argument(..., help="run folder being served"),
     db: Optional[str] = typer.Option(None, "--db", help="monitoring store URL (default: sqlite RUN/monitor.db)"),
@@ -131,19 +128,20 @@ def retrain(
     as_json: bool = typer.Option(False, "--json", help="print the decision as JSON"),
 ):
     """Train a challenger on the original data plus corrected feedback; promote it only if it wins."""
-    from .serve.retrain import retrain as run_retrain
+    from ..serve.retrain import retrain as run_retrain
 
     result = run_retrain(run, db_url=db, overrides=set_, promote=not no_promote, force=force)
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
 
+@app.command()
 def rollback(
     run: Path = typer.Argument(..., help="run folder"),
     to: Optional[str] = typer.Option(None, "--to", help="version id (default: the champion before the current one)"),
 ):
     """Serve an earlier version again (a running `tuneline serve` switches within seconds)."""
-    from .serve.registry import Registry
+    from ..serve.registry import Registry
 
     registry = Registry(run)
     current = registry.champion

@@ -25,9 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 from .loop import Callback
-from .runs import RunDir
+from ..runs import RunDir
 
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -149,7 +149,7 @@ class TensorBoardTracker(Tracker):
         # checkpoint, as metrics.jsonl does.
         self.writer = SummaryWriter(str(folder), purge_step=start_step + 1 if resumed else None)
         if not resumed:
-            from .recipe import recipe_to_yaml
+            from ..recipe import recipe_to_yaml
 
             self.writer.add_text("recipe", "```\n" + recipe_to_yaml(self.recipe) + "```", 0)
         return {"log_dir": "tensorboard"}

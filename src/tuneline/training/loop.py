@@ -13,11 +13,11 @@ from tqdm.auto import tqdm
 
 from . import distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
-from .data.batching import epoch_batches, split_by_tokens
+from ..data.batching import epoch_batches, split_by_tokens
 from .fast_dropout import use_fast_dropout
 from .guard import DivergenceGuard
 from .neftune import enable_neftune
-from .runs import RunDir
+from ..runs import RunDir
 
 
 @dataclass

@@ -7,7 +7,10 @@ from typing import List, Optional
 
 import typer
 
+from .app import app
 
+
+@app.command("tune")
 def tune(
     recipe: Path = typer.Argument(..., help="recipe YAML file with a search: section"),
     trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1,
@@ -26,8 +29,8 @@ def tune(
 ):
     """Search hyperparameters: every trial is a run in the study folder; resumes after an interruption;
     ends with the best recipe, a summary and a report."""
-    from .tune.budget import parse_duration
-    from .tune.search import run_search
+    from ..tune.budget import parse_duration
+    from ..tune.search import run_search
 
     run_search(recipe, overrides=set_, trials=trials,
                timeout_seconds=parse_duration(timeout) if timeout else None,

@@ -8,8 +8,8 @@ import html
 import json
 
 from . import plots
-from .cli_format import HEADLINE, _fmt
-from .runs import RunDir, atomic_write_text
+from .tables import HEADLINE, _fmt
+from ..runs import RunDir, atomic_write_text
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1020px;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:.6em 0 1.2em}td,th{border:1px solid #ccc;padding:4px 10px;"
@@ -110,7 +110,7 @@ def forgetting_section(result: dict) -> list[str]:
 
 
 def curves_section(run: RunDir, task: str) -> list[str]:
-    from .tasks import get_task
+    from ..tasks import get_task
 
     metrics = run.read_metrics()
     out = ["<h2 id='curves'>Training curves</h2>"]

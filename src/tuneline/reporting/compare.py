@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from .cli_format import HEADLINE, _fmt
-from .errors import UserError
+from .tables import HEADLINE, _fmt
+from ..errors import UserError
 from .report import STYLE, read_json
-from .runs import RunDir, atomic_write_text
-from .trackers import flatten
+from ..runs import RunDir, atomic_write_text
+from ..training.trackers import flatten
 
 
 def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]]]:

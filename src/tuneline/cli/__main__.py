@@ -1,0 +1,5 @@
+"""`python -m tuneline.cli` = the `tuneline` command."""
+
+from . import main
+
+main()

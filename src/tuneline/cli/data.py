@@ -1,0 +1,60 @@
+"""`tuneline data check`: the data audit without training."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import UserError
+from .app import data_app
+
+
+@data_app.command("check")
+def data_check(
+    train_file: Path = typer.Argument(..., help="training rows (.jsonl .csv .tsv .parquet or datasets folder)"),
+    validation: Optional[Path] = typer.Option(None, "--validation", help="validation rows"),
+    test: Optional[Path] = typer.Option(None, "--test", help="test rows"),
+    task: Optional[str] = typer.Option(None, "--task", help="classify | generate (default: from the columns)"),
+    model: Optional[str] = typer.Option(None, "--model", help="tokenizer for the too_long check (alias, folder, hub id)"),
+    max_length: int = typer.Option(128, "--max-length", help="token limit for the too_long check"),
+    text_column: Optional[str] = typer.Option(None, "--text-column"),
+    label_column: Optional[str] = typer.Option(None, "--label-column"),
+    no_label_noise: bool = typer.Option(False, "--no-label-noise", help="skip the cross-validated label check"),
+    fix: Optional[Path] = typer.Option(None, "--fix", help="write cleaned copies and dropped.jsonl into this folder"),
+    as_json: bool = typer.Option(False, "--json", help="print {rows, findings} as JSON"),
+):
+    """Audit task data: invalid rows, duplicates, leakage, imbalance, length, PII, label noise... Exit 2 on errors."""
+    from ..data.audit import audit, format_table, guess_task
+
+    paths = {"train": train_file}
+    if validation:
+        paths["validation"] = validation
+    if test:
+        paths["test"] = test
+    if task is None:
+        task = guess_task(train_file)
+    if task not in ("classify", "generate"):
+        raise UserError(f"--task: {task!r}; allowed: classify, generate")
+    tokenizer = None
+    if model:
+        from ..models import load_tokenizer, resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(model).path)
+    result = audit(paths, task, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
+                   max_length=max_length, label_noise=not no_label_noise)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        print(format_table(result))
+    if fix is not None:
+        from ..data.fix import write_fixed
+
+        written = write_fixed(paths, result, fix)
+        print(("" if as_json else "\n") + "Cleaned copies: " + ", ".join(
+            f"{v['file']} ({v['kept']} kept, {v['dropped']} dropped)" for v in written.values()), file=sys.stderr)
+    if result.errors:
+        raise typer.Exit(2)

@@ -1,0 +1,112 @@
+"""The task interface: everything that differs by task is asked of a `Task` object.
+
+Outside `tasks/`, no code compares a task's name; it reads the attributes and calls the
+methods below. A new task is one file with a `Task` subclass and one `register_task` call
+(see docs/ARCHITECTURE.md, "How to add a task").
+
+Attributes (class level; the defaults suit a task whose model is not a language model):
+
+  name               the recipe's `task:` value and the name in run.json / eval.json
+  options_section    recipe section with the task's own options (`generate:`), or None;
+                     `options(recipe)` returns it and the run's tuneline.json keeps a copy
+  model_class        Transformers auto class that loads the model and the trained model/
+  peft_task_type     PEFT's TaskType member name for adapters
+  pipeline_tag       the Hugging Face pipeline tag of the model card
+  causal_lm          the model is a causal language model: its own perplexity on general text
+                     measures forgetting, replay rows can be mixed in, an encoder is refused
+  new_head           a task head that does not exist in the base model: trained in full under
+                     adapters (PEFT modules_to_save) and by `freeze`
+  data_shape         the row shape the data audit checks: "labelled_text" or "chat"
+  metric_names       validation metrics (early stopping and search may watch these)
+  default_metric     the validation metric watched when the recipe names none
+  headline_metrics   test metrics shown in the terminal, report, model card and compare
+  key_metric         the one test figure of the report's verdict and of `retrain`'s default
+  serves             what `tuneline serve` answers: "classify" and/or "chat" (chat + completions)
+  export_formats     the `tuneline export --format` values that apply
+  report_sections    names in reporting.sections.SECTIONS drawn in this task's report
+"""
+
+from __future__ import annotations
+
+
+class Task:
+    name: str = ""
+    options_section: str | None = None
+    model_class: str = ""
+    peft_task_type: str = ""
+    pipeline_tag: str = ""
+    causal_lm: bool = False
+    new_head: bool = False
+    data_shape: str = "labelled_text"
+    metric_names: tuple[str, ...] = ("loss",)
+    default_metric: str = "loss"
+    headline_metrics: tuple[str, ...] = ("loss",)
+    key_metric: str = "loss"
+    serves: tuple[str, ...] = ()
+    export_formats: tuple[str, ...] = ("hf",)
+    report_sections: tuple[str, ...] = ()
+
+    # -- recipe -------------------------------------------------------------
+    def options(self, recipe):
+        """The task's own recipe section (a pydantic model), or None."""
+        return getattr(recipe, self.options_section) if self.options_section else None
+
+    # -- data ---------------------------------------------------------------
+    def strata(self, rows, recipe) -> list | None:
+        """Labels to stratify the held-out splits by, or None (a plain seeded split)."""
+        return None
+
+    def prepare(self, splits, recipe, tokenizer):
+        """splits (train / validation / test rows) -> Prepared(labels, train, validation, test);
+        each encoded split has `lengths`, `where` and `__len__`, and `collate` reads it."""
+        raise NotImplementedError
+
+    def encode_rows(self, rows, recipe, tokenizer, labels=None):
+        """Rows of a file -> one encoded split (as `prepare` makes them)."""
+        raise NotImplementedError
+
+    def audit_options(self, recipe) -> dict:
+        """Keyword arguments for the data audit besides the columns (e.g. the system prompt)."""
+        return {}
+
+    # -- model --------------------------------------------------------------
+    def load_model(self, path: str, recipe, tokenizer, labels=None):
+        raise NotImplementedError
+
+    def load_trained(self, folder: str, trust_remote_code: bool = False):
+        import transformers
+
+        return getattr(transformers, self.model_class).from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+    # -- training -----------------------------------------------------------
+    def collate(self, data, idx: list[int], pad_id: int) -> dict:
+        raise NotImplementedError
+
+    def loss_items(self, batch: dict) -> int:
+        """How many terms the mean loss of `batch` averages (pieces of a batch are weighted by it)."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict):
+        raise NotImplementedError
+
+    # -- evaluation -----------------------------------------------------------
+    def evaluate(self, model, data, labels, pad_id: int, batch_size: int, device) -> dict:
+        """Quick validation metrics (named in metric_names) during training."""
+        raise NotImplementedError
+
+    def run_info(self, recipe, prepared) -> dict:
+        """Task entries of the run's tuneline.json (labels, options...), read back by load_run."""
+        opts = self.options(recipe)
+        return {self.options_section: opts.model_dump(mode="json")} if opts is not None else {}
+
+    def evaluate_test(self, model, tokenizer, data, recipe, info: dict, device) -> dict:
+        """-> {"tuned": metrics, "baseline": metrics with "kind", "predictions": one dict per row}."""
+        raise NotImplementedError
+
+    def evaluation_extras(self, result: dict, preds: list[dict], data, model, tokenizer, recipe, info: dict,
+                          device, base_dir) -> None:
+        """Adds the task's extra findings to the eval.json object `result` (slices, counterfactuals...)."""
+
+    def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8,
+                options=None, system_prompt=None) -> list[dict]:
+        raise NotImplementedError
