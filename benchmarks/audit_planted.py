@@ -246,9 +246,11 @@ def named_lines(result, files: dict[str, str]) -> dict[str, set]:
 
 def run_audit(train: Path, test: Path, task: str, tokenizer, max_length: int):
     from tuneline.data.audit import audit, findings
+    from tuneline.tasks import get_task
 
     findings.MAX_EXAMPLES = 10**9  # every line, to score recall
-    return audit({"train": train, "test": test}, task, tokenizer=tokenizer, max_length=max_length)
+    return audit({"train": train, "test": test}, get_task(task).data_shape, tokenizer=tokenizer,
+                 max_length=max_length)
 
 
 def score(name: str, task: str, rows: int, per_class: int, seed: int, tokenizer, work: Path) -> list[dict]:

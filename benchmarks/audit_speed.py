@@ -65,7 +65,7 @@ def main() -> None:
     size = sum(Path(p).stat().st_size for p in splits.values()) / 2**20
     setup = psutil.Process().memory_info().rss / 2**20
     t0, cpu0 = time.perf_counter(), time.process_time()
-    result = audit(splits, "classify", tokenizer=tok, max_length=64, label_noise=not args.no_label_noise)
+    result = audit(splits, "labelled_text", tokenizer=tok, max_length=64, label_noise=not args.no_label_noise)
     secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = sum(result.rows.values())
     print(f"rows {rows} ({size:.0f} MiB of JSONL), audit {secs:.1f} s wall ({cpu:.1f} s CPU, load average "

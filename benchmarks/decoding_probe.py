@@ -48,7 +48,7 @@ def main() -> None:
 
     import tuneline
     from tuneline.data.io import read_rows
-    from tuneline.evaluate.text_metrics import text_metrics
+    from tuneline.evaluation.text_metrics import text_metrics
 
     run = tuneline.load_run(a.run)
     data = run.task.encode_rows(read_rows(run.test_data_path()), run.recipe, run.tokenizer, run.labels).head(a.rows)

@@ -63,7 +63,7 @@ def test_every_check_finds_its_planted_defect(broken_classify, tiny_bert):
 
     train, test = broken_classify
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
-    result = audit({"train": read_rows(train, lenient=True), "test": read_rows(test, lenient=True)}, "classify",
+    result = audit({"train": read_rows(train, lenient=True), "test": read_rows(test, lenient=True)}, "labelled_text",
                    tokenizer=tok, max_length=64)
     assert {61, 62} <= _lines(result, "invalid_rows")
     assert 63 in _lines(result, "empty_text")
@@ -90,7 +90,7 @@ def test_near_duplicates_and_label_noise(tmp_path):
         rows[i] = {"text": rows[i]["text"], "label": wrong}
         flipped.append(i + 1)
     path = write_jsonl(tmp_path / "t.jsonl", rows)
-    result = audit({"train": read_rows(path, lenient=True)}, "classify")
+    result = audit({"train": read_rows(path, lenient=True)}, "labelled_text")
     assert _lines(result, "near_duplicates") & {301, 302}
     noisy = _lines(result, "label_noise")
     assert len(noisy & set(flipped)) >= 4, (noisy, flipped)
@@ -98,7 +98,7 @@ def test_near_duplicates_and_label_noise(tmp_path):
 
 
 def test_clean_data_has_no_errors_or_warnings(cls_data, tiny_bert):
-    result = audit({"train": read_rows(cls_data["train"], lenient=True)}, "classify")
+    result = audit({"train": read_rows(cls_data["train"], lenient=True)}, "labelled_text")
     assert not [f for f in result.findings if f.severity in ("error", "warning") and f.check != "duplicates"]
 
 
@@ -112,7 +112,7 @@ def test_generate_format_findings(tmp_path):
             {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]},
             ok]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
-    result = audit({"train": read_rows(path, lenient=True)}, "generate")
+    result = audit({"train": read_rows(path, lenient=True)}, "chat")
     assert {2, 3, 4} <= _lines(result, "format")
     assert 5 in _lines(result, "empty_text")
     assert 6 in _lines(result, "duplicates")

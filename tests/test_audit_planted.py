@@ -47,7 +47,7 @@ def test_planted_defects_classify(tmp_path, tiny_bert, all_examples):
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
     train, test = synthetic_rows(600, 11), synthetic_rows(60, 12)
     p_train, p_test, expected = planted.plant(train, test, "classify", 6, 64, 0, tmp_path)
-    result = audit({"train": p_train, "test": p_test}, "classify", tokenizer=tok, max_length=64)
+    result = audit({"train": p_train, "test": p_test}, "labelled_text", tokenizer=tok, max_length=64)
     recall = _recall(result, expected, p_train, p_test)
     for check in ("invalid_rows", "empty_text", "encoding", "duplicates", "conflicting_labels", "pii", "too_long"):
         assert recall[check] == 1.0, (check, recall)
@@ -62,7 +62,7 @@ def test_planted_defects_chats(tmp_path, tiny_llama, all_examples):
     tok = AutoTokenizer.from_pretrained(str(tiny_llama))
     train, test = _chats(300, 1), _chats(30, 2)
     p_train, p_test, expected = planted.plant(train, test, "generate", 6, 64, 0, tmp_path)
-    result = audit({"train": p_train, "test": p_test}, "generate", tokenizer=tok, max_length=64)
+    result = audit({"train": p_train, "test": p_test}, "chat", tokenizer=tok, max_length=64)
     recall = _recall(result, expected, p_train, p_test)
     for check in ("invalid_rows", "empty_text", "encoding", "duplicates", "conflicting_labels", "pii", "format",
                   "too_long", "leakage"):
@@ -81,7 +81,7 @@ def test_template_overflow_is_a_format_finding(tmp_path, tiny_llama):
             {"messages": [{"role": "user", "content": long}, {"role": "assistant", "content": "ok"},          # 4
                           {"role": "user", "content": "and now?"}, {"role": "assistant", "content": "done"}]}]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
-    result = audit({"train": path}, "generate", tokenizer=tok, max_length=48)
+    result = audit({"train": path}, "chat", tokenizer=tok, max_length=48)
     fmt = {e["line"]: e for f in result.findings if f.check == "format" for e in f.examples}
     long_rows = {e["line"]: e for f in result.findings if f.check == "too_long" for e in f.examples}
     assert set(fmt) == {2, 3} and set(long_rows) == {4}
@@ -98,7 +98,7 @@ def test_near_duplicates_small_edits_and_leakage(tmp_path, all_examples):
     rows.append({"text": "a completely different sentence about shipping boxes", "label": "neutral"})  # 103
     test = [{"text": "the blender arrived on tuesday and crushes ice well", "label": "positive"}]      # near leak
     train_p, test_p = write_jsonl(tmp_path / "t.jsonl", rows), write_jsonl(tmp_path / "v.jsonl", test)
-    result = audit({"train": train_p, "test": test_p}, "classify", label_noise=False)
+    result = audit({"train": train_p, "test": test_p}, "labelled_text", label_noise=False)
     near = [e for f in result.findings if f.check == "near_duplicates" for e in f.examples]
     assert any(e["line"] == 102 and e["similar_to"] == 101 and e["similarity"] >= 0.8 for e in near)
     assert not any(e["line"] == 103 for e in near)
@@ -108,8 +108,8 @@ def test_near_duplicates_small_edits_and_leakage(tmp_path, all_examples):
 
 def test_streamed_file_equals_rows_in_memory(broken_files):
     train, test = broken_files
-    streamed = audit({"train": train, "test": test}, "classify")
-    in_memory = audit({"train": read_rows(train, lenient=True), "test": read_rows(test, lenient=True)}, "classify")
+    streamed = audit({"train": train, "test": test}, "labelled_text")
+    in_memory = audit({"train": read_rows(train, lenient=True), "test": read_rows(test, lenient=True)}, "labelled_text")
     assert streamed.as_dict() == in_memory.as_dict()
     assert streamed.drop == in_memory.drop
 
@@ -127,7 +127,7 @@ def broken_files(tmp_path):
 
 def _traced_peak(path: Path) -> int:
     tracemalloc.start()
-    audit({"train": path}, "classify", label_noise=False)
+    audit({"train": path}, "labelled_text", label_noise=False)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
@@ -157,7 +157,7 @@ def test_label_noise_on_a_bounded_sample(tmp_path, monkeypatch):
     rows = synthetic_rows(900, 8)
     for i in range(0, 900, 60):
         rows[i] = {"text": rows[i]["text"], "label": "negative" if rows[i]["label"] == "positive" else "positive"}
-    result = audit({"train": write_jsonl(tmp_path / "t.jsonl", rows)}, "classify")
+    result = audit({"train": write_jsonl(tmp_path / "t.jsonl", rows)}, "labelled_text")
     f = next(f for f in result.findings if f.check == "label_noise")
     assert "sample of 300 of 900 train rows" in f.message
 

@@ -14,10 +14,10 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import tuneline
 from tuneline.errors import UserError
-from tuneline.evaluate.calibration import calibration
-from tuneline.evaluate.counterfactual import Swapper, load_pairs
-from tuneline.evaluate.slices import slice_metrics
-from tuneline.evaluate.zero_shot import parse_label
+from tuneline.evaluation.calibration import calibration
+from tuneline.evaluation.counterfactual import Swapper, load_pairs
+from tuneline.evaluation.slices import slice_metrics
+from tuneline.evaluation.zero_shot import parse_label
 
 from conftest import WORDS, write_jsonl, write_recipe
 
@@ -187,16 +187,17 @@ def test_untrained_backbone_forgets_nothing(tiny_llama):
     backbone untouched the perplexity must equal the base model's exactly."""
     from transformers import AutoModelForSequenceClassification
 
-    from tuneline.evaluate.forgetting import measure_forgetting
+    from tuneline.evaluation.forgetting import measure_forgetting
     from tuneline.models import load_tokenizer
     from tuneline.recipe import recipe_from_dict
+    from tuneline.tasks import get_task
 
     tok = load_tokenizer(str(tiny_llama))
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_llama), num_labels=2)
     recipe = recipe_from_dict({"task": "classify", "model": str(tiny_llama), "data": {"train": "x"},
                                "eval": {"forgetting": {"max_tokens": 256, "window": 64}}})
     info = {"task": "classify", "base_model_path": str(tiny_llama)}
-    f = measure_forgetting(model, tok, recipe, info, "cpu")
+    f = measure_forgetting(get_task("classify"), model, tok, recipe, info, "cpu")
     assert f["measured"] and f["tokens"] == 256
     assert f["tuned_perplexity"] == pytest.approx(f["base_perplexity"], rel=1e-5)
     assert f["relative_change"] == pytest.approx(0, abs=1e-5)
@@ -295,10 +296,43 @@ def test_report_renders_in_headless_chromium(cls_run, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+def test_plugin_task_without_sections_gets_a_report_and_a_card(tmp_path):
+    """A registered task that draws no task section, has no pipeline tag and a lower-is-better key
+    metric: report and card come from its headline metrics alone."""
+    from tuneline.reporting.model_card import write_model_card
+    from tuneline.reporting.report import write_report
+    from tuneline.runs import RunDir
+    from tuneline.tasks import TASKS, Task, register_task
+
+    @register_task
+    class EchoTask(Task):
+        name = "echo_test"
+        headline_metrics = ("loss", "echo_rate")
+        key_metric = "loss"
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.update_manifest(task="echo_test", model="tiny", method="full", status="completed")
+    run.eval_file.write_text(json.dumps({
+        "task": "echo_test", "n": 3, "split": "test", "tuned": {"loss": 0.5, "echo_rate": 0.9},
+        "baseline": {"loss": 0.7, "echo_rate": 0.4, "kind": "copy"}, "difference": {"loss": -0.2, "echo_rate": 0.5}}))
+    try:
+        write_report(run)
+        write_model_card(run)
+    finally:
+        TASKS.pop("echo_test")
+    page = run.report.read_text()
+    assert "<b>loss 0.5000</b> on 3 test rows, better than the baseline (copy)" in page
+    assert "<td>echo_rate</td><td>0.9000</td><td>0.4000</td>" in page and "id='per-class'" not in page
+    card = (run.path / "MODEL_CARD.md").read_text()
+    assert "| echo_rate | 0.9000 | 0.4000 | +0.5000 |" in card and "pipeline_tag: null" in card
+    assert "Tuned for the `echo_test` task" in card and "run.predict(['an example text'])" in card
+
+
 def test_text_metrics_per_answer_chrf_and_length_ratio():
     import sacrebleu
 
-    from tuneline.evaluate.text_metrics import text_metrics
+    from tuneline.evaluation.text_metrics import text_metrics
 
     refs = ["Kentucky", "the order ships within two days from our warehouse in Ohio " * 6]
     short = ["Kentucky", "the order ships within two days"]

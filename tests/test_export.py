@@ -181,8 +181,8 @@ def test_hf_generation_config_carries_the_loop_breakers(tmp_path):
     from tuneline.export.hf import _decoding_defaults
 
     tok = SimpleNamespace(eos_token_id=2, pad_token_id=2)
-    source = SimpleNamespace(info={"generate": {"max_new_tokens": 9, "temperature": 0.0, "repetition_penalty": 1.2,
-                                                "no_repeat_ngram_size": 3}}, loaded=SimpleNamespace(tokenizer=tok))
+    source = SimpleNamespace(decoding={"max_new_tokens": 9, "temperature": 0.0, "repetition_penalty": 1.2,
+                                       "no_repeat_ngram_size": 3}, loaded=SimpleNamespace(tokenizer=tok))
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "temperature": 0.7}))
     _decoding_defaults(source, tmp_path)
     gen = json.loads((tmp_path / "generation_config.json").read_text())

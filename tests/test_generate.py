@@ -204,7 +204,7 @@ def test_head_only_where_labelled_equals_full_loss(method, tiny_llama, tmp_path)
 
     tok = load_tokenizer(str(tiny_llama))
     torch.manual_seed(0)
-    model = apply_method(task.load_model(str(tiny_llama), recipe, tok), recipe)
+    model = apply_method(task.load_model(str(tiny_llama), recipe, tok), recipe, task)
     if method in ("lora", "dora"):  # make the adapters non-trivial
         with torch.no_grad():
             for n, p in model.named_parameters():

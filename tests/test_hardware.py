@@ -30,3 +30,12 @@ def test_training_threads_leave_busy_cores_alone(monkeypatch):
     assert hardware.training_threads()[0] == 1  # never fewer than one
     monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 5.0)  # a quiet machine: every core
     assert hardware.training_threads() == (4, "")
+
+
+def test_runs_of_different_precision_share_a_process():
+    # Accelerate keeps one precision per process; a notebook or a test session trains several runs
+    from tuneline.training.pipeline import _accelerator
+
+    assert _accelerator("bf16").mixed_precision == "bf16"
+    assert _accelerator("fp32").mixed_precision == "no"
+    assert _accelerator("bf16").mixed_precision == "bf16"

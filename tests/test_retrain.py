@@ -18,7 +18,7 @@ from tuneline.serve.registry import Registry
 from tuneline.serve.retrain import retrain
 
 from conftest import FILLER, synthetic_rows
-from serve_helpers import shared_classify_run
+from serve_helpers import shared_classify_run, shared_generate_run
 
 
 def zorp_texts(n: int, seed: int) -> list[str]:
@@ -116,3 +116,32 @@ def test_too_little_feedback_is_a_clear_error(run, tmp_path):
     with pytest.raises(UserError, match="1 corrected feedback rows; retraining needs at least 5"):
         retrain(run, db_url=f"sqlite:///{tmp_path / 'm.db'}")
     assert not (run / "versions").exists()
+
+
+def test_chat_run_learns_corrected_answers(tmp_path_factory, tiny_llama, tmp_path):
+    """The same loop for a generate run: corrected answers become chat rows, judged by chrF."""
+    run = Path(shutil.copytree(shared_generate_run(tmp_path_factory, tiny_llama), tmp_path / "run"))
+    with client(run, tmp_path) as c:
+        for w in ("pear", "mint", "fig", "kiwi", "lime", "date"):
+            ask = {"messages": [{"role": "user", "content": f"what is the code for {w}"}], "max_tokens": 4}
+            rid = c.post("/v1/chat/completions", json=ask).json()["id"]
+            assert c.post("/v1/feedback", json={"request_id": rid, "corrected_answer": f"the code for {w} is zorp"}
+                          ).status_code == 200
+        rid = c.post("/v1/completions", json={"prompt": ["first", "second"], "max_tokens": 4}).json()["id"]
+        c.post("/v1/feedback", json={"request_id": rid, "item": 1, "corrected_answer": "zorp"})
+    d = retrain(run, db_url=f"sqlite:///{tmp_path / 'm.db'}", promote=False)
+    assert d["metric"] == "chrf" and d["challenger_id"] == "v2" and not d["promoted"]
+    assert d["feedback_train_rows"] + d["feedback_eval_rows"] == 7 and d["test_rows"] == 6
+    data = run / "versions" / "v2-data"
+    fixes = [json.loads(line) for f in ("feedback_train.jsonl", "feedback_eval.jsonl")
+             for line in (data / f).read_text().splitlines()]
+    assert {"messages": [{"role": "user", "content": "second"}, {"role": "assistant", "content": "zorp"}]} in fixes
+    assert all(r["messages"][-1]["content"].endswith("zorp") for r in fixes)
+    train_rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    assert all("messages" in r for r in train_rows)
+    assert sum(r["messages"][-1]["content"].endswith("zorp") for r in train_rows) == d["feedback_train_rows"]
+
+
+def test_metric_of_another_task_is_a_clear_error(run, tmp_path):
+    with pytest.raises(UserError, match="retrain.metric: chrf does not apply to a classify run; use accuracy"):
+        retrain(run, db_url=f"sqlite:///{tmp_path / 'm.db'}", overrides=["retrain.metric=chrf"])

@@ -90,6 +90,26 @@ def test_bad_input_is_422_with_a_message(cls_run, tmp_path, path, payload, needl
         assert c.post("/v1/classify", json={"input": "still alive"}).status_code == 200
 
 
+def test_each_service_keeps_its_own_limits(cls_run, tmp_path):
+    def service(name, limits):
+        return TestClient(create_app(ServeSettings(run_dir=str(cls_run), db_url=f"sqlite:///{tmp_path / name}",
+                                                   limits=limits)))
+
+    texts = ["fine", "good", "bad"]
+    with service("a.db", Limits(max_inputs=2)) as small, service("b.db", Limits(max_inputs=8)) as big:
+        r = small.post("/v1/classify", json={"input": texts})
+        assert r.status_code == 422 and "3 texts in one request; the limit is 2" in r.json()["error"]["message"]
+        assert big.post("/v1/classify", json={"input": texts}).status_code == 200
+
+
+def test_a_task_that_serves_nothing_is_refused(cls_run, tmp_path, monkeypatch):
+    from tuneline.tasks.classify import ClassifyTask
+
+    monkeypatch.setattr(ClassifyTask, "serves", ())
+    with pytest.raises(UserError, match="a classify run has nothing to serve"):
+        create_app(ServeSettings(run_dir=str(cls_run), db_url=f"sqlite:///{tmp_path / 'x.db'}"))
+
+
 def test_bad_json_big_body_and_form_posts(cls_run, tmp_path):
     with make_client(cls_run, tmp_path, max_body_bytes=2048) as c:
         r = c.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 import tuneline
 from tuneline.inference import load_run
@@ -67,11 +68,12 @@ def test_method_trains_and_saves(method, tiny_recipe, tmp_path):
 def test_freeze_trains_only_head_and_top_layers(tiny_recipe):
     from tuneline.training.methods import apply_method
     from tuneline.recipe import load_recipe
+    from tuneline.tasks.classify import ClassifyTask
     from transformers import AutoModelForSequenceClassification
 
     recipe, _ = load_recipe(tiny_recipe("freeze"), ["freeze.train_layers=1"])
     model = AutoModelForSequenceClassification.from_pretrained(recipe.model, num_labels=3)
-    apply_method(model, recipe)
+    apply_method(model, recipe, ClassifyTask())
     trainable = {n.split(".")[0] if not n.startswith("bert.encoder") else ".".join(n.split(".")[:4])
                  for n, p in model.named_parameters() if p.requires_grad}
     assert "classifier" in trainable and "bert.encoder.layer.1" in trainable
@@ -148,3 +150,63 @@ def test_training_with_guessed_columns(tmp_path, tiny_bert):
     recipe = write_recipe(tmp_path / "r.yaml", task="classify", model=str(tiny_bert), data={"train": "odd.jsonl"},
                           train={"max_steps": 2}, output=str(tmp_path / "run"))
     assert tuneline.train(recipe).eval["labels"] == ["negative", "neutral", "positive"]
+
+
+class BiasOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_norms: bool = Field(False, description="train the LayerNorm biases too")
+
+
+def train_biases(model, recipe, task):
+    """A plug-in method: only bias terms train (BitFit), LayerNorm biases when asked."""
+    norms = {name for name, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)}
+    for name, p in model.named_parameters():
+        owner = name.rsplit(".", 1)[0]
+        p.requires_grad_(name.endswith(".bias") and (recipe.bias.include_norms or owner not in norms))
+    return model
+
+
+@pytest.fixture
+def bias_method():
+    from tuneline.recipe import Recipe, add_section
+    from tuneline.training.methods import METHODS, Method, register_method
+
+    add_section("bias", BiasOptions)
+    method = register_method(Method("bias", default_lr=3e-3, apply=train_biases, options_section="bias"))
+    yield method
+    METHODS.pop("bias")
+    del Recipe.model_fields["bias"], Recipe.__annotations__["bias"]  # other tests see the stock recipe
+    Recipe.model_rebuild(force=True)
+
+
+def test_a_registered_method_trains_only_what_it_marks(bias_method, tmp_path, tiny_bert, cls_data):
+    from safetensors.torch import load_file
+
+    from conftest import write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", task="classify", model=str(tiny_bert), method="bias",
+                          bias={"include_norms": False}, output=str(tmp_path / "run"),
+                          data={"train": str(cls_data["train"]), "test": str(cls_data["test"])},
+                          train={"epochs": 1, "batch_size": 8, "max_length": 32})
+    run = tuneline.train(recipe).path
+    saved = tuneline.load_recipe(run / "recipe.yaml")
+    assert saved.train.lr == 3e-3 and saved.bias.include_norms is False  # the method's default lr
+    assert (run / "model").is_dir() and not (run / "adapter").exists()
+    base = load_file(str(tiny_bert / "model.safetensors"))
+    tuned = load_file(str(run / "model" / "model.safetensors"))
+    changed = {k for k, t in base.items() if not torch.equal(t, tuned["bert." + k])}
+    assert changed and all(k.endswith(".bias") and "LayerNorm" not in k for k in changed), changed
+    assert "encoder.layer.1.attention.self.query.bias" in changed
+    assert load_run(run).predict(["great"])[0]["label"] in ["negative", "neutral", "positive"]
+
+
+def test_an_unknown_method_lists_the_registered_ones(bias_method):
+    from tuneline.errors import UserError
+    from tuneline.recipe import recipe_from_dict
+
+    base = {"task": "classify", "model": "x", "data": {"train": "t.jsonl"}}
+    assert recipe_from_dict({**base, "method": "bias"}).bias.include_norms is False
+    with pytest.raises(UserError, match=r"method: unknown 'bitfit'; allowed: full, .*prompt, bias"):
+        recipe_from_dict({**base, "method": "bitfit"})
+    with pytest.raises(UserError, match=r"bias\.layers: unknown key; allowed keys here: include_norms"):
+        recipe_from_dict({**base, "method": "bias", "bias": {"layers": 2}})

@@ -5,13 +5,16 @@ import json
 import pytest
 
 import tuneline
+from tuneline.data.chat import IGNORE
 from tuneline.data.replay import load_replay
 from tuneline.errors import UserError
 from tuneline.models import load_tokenizer
 from tuneline.recipe import recipe_from_dict
-from tuneline.tasks.generate import IGNORE
+from tuneline.tasks import get_task
 
 from conftest import write_jsonl, write_recipe
+
+GENERATE = get_task("generate")
 
 GENERAL = "\n\n".join(
     f"The river {name} flows through the valley of {place}, where farmers grow wheat and barley. "
@@ -36,7 +39,7 @@ def test_plain_text_becomes_full_loss_blocks(tmp_path, tiny_llama):
     txt = tmp_path / "general.txt"
     txt.write_text(GENERAL)
     tok = load_tokenizer(str(tiny_llama))
-    replay = load_replay(_recipe(tiny_llama, txt, fraction=0.2), tok, None, n_task_rows=40)
+    replay = load_replay(_recipe(tiny_llama, txt, fraction=0.2), GENERATE, tok, None, n_task_rows=40)
     assert len(replay.input_ids) == 10  # 40 * 0.2 / 0.8: replay rows are 20 % of all rows
     assert replay.source["kind"] == "text" and replay.source["rows"] == 10 and replay.source["pool"] > 10
     assert len(replay.source["sha256"]) == 64
@@ -45,7 +48,7 @@ def test_plain_text_becomes_full_loss_blocks(tmp_path, tiny_llama):
     sep = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id  # this tokenizer: [SEP]
     assert sep is not None and sep in sum(replay.input_ids, [])  # paragraphs are separated
     # the draw is a function of the seed: the same rows again
-    again = load_replay(_recipe(tiny_llama, txt, fraction=0.2), tok, None, n_task_rows=40)
+    again = load_replay(_recipe(tiny_llama, txt, fraction=0.2), GENERATE, tok, None, n_task_rows=40)
     assert again.input_ids == replay.input_ids
 
 
@@ -53,7 +56,7 @@ def test_instruction_rows_keep_their_loss_mask_and_no_task_system_prompt(tmp_pat
     rows = write_jsonl(tmp_path / "general.jsonl", INSTRUCTIONS)
     tok = load_tokenizer(str(tiny_llama))
     recipe = _recipe(tiny_llama, rows, fraction=0.5, generate={"system_prompt": "Answer with a colour code."})
-    replay = load_replay(recipe, tok, None, n_task_rows=30)  # 30 wanted, 12 in the file: repeated
+    replay = load_replay(recipe, GENERATE, tok, None, n_task_rows=30)  # 30 wanted, 12 in the file: repeated
     assert replay.source["kind"] == "chat" and len(replay.input_ids) == 30 and replay.source["pool"] == 12
     for ids, labels in zip(replay.input_ids, replay.labels):
         assert IGNORE in labels and any(l != IGNORE for l in labels)  # prompt masked, answer trained
@@ -66,7 +69,7 @@ def test_replay_is_for_generate_only(tmp_path, tiny_llama):
     recipe = recipe_from_dict({"task": "classify", "model": "x", "data": {"train": "t.jsonl"},
                                "train": {"replay": {"data": str(txt)}}})
     with pytest.raises(UserError, match="train.replay: only the generate task"):
-        load_replay(recipe, None, None, 10)
+        load_replay(recipe, get_task("classify"), None, None, 10)
     with pytest.raises(UserError, match="fraction"):
         recipe_from_dict({"task": "generate", "model": "x", "data": {"train": "t.jsonl"},
                           "train": {"replay": {"data": "x.txt", "fraction": 1.5}}})

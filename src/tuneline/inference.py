@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 
 from .data.io import read_rows, resolve_data_path
 from .errors import UserError
-from .recipe import recipe_from_dict
 from .runs import RunDir, inside
 from .tasks import get_task
 
@@ -25,7 +23,7 @@ class LoadedRun:
             raise UserError(f"{path}: this run has no final model (status: {status}); "
                             f"finish it with `tuneline train RECIPE --resume`")
         self.info = json.loads(self.run.info_file.read_text())
-        self.recipe = recipe_from_dict(yaml.safe_load(self.run.recipe.read_text()), str(self.run.recipe))
+        self.recipe = self.run.load_recipe()
         self.task = get_task(self.info["task"])
         self.labels = self.info.get("labels")
         self.model, self.tokenizer = self._load()
@@ -65,11 +63,11 @@ class LoadedRun:
     def generate(self, messages: list[dict] | list[list[dict]], batch_size: int = 32, **options) -> str | list[str]:
         """Answer a conversation (list of {role, content} ending with a user turn), or a list of them,
         `batch_size` at a time (left-padded, KV-cached); options override the recipe's `generate`."""
-        if self.info["task"] != "generate":
+        if "chat" not in self.task.serves:
             raise UserError(f"{self.run.path}: generate() needs a run of task generate (this is {self.info['task']})")
         single = bool(messages) and isinstance(messages[0], dict)
         convs = [messages] if single else list(messages)
-        from .tasks.generate import with_system
+        from .data.chat import with_system
 
         convs = [with_system(c, self.recipe.generate.system_prompt) for c in convs]
         opts = self.recipe.generate.model_copy(update=options)
@@ -91,7 +89,7 @@ class LoadedRun:
         rows = read_rows(path)
         encoded = self.task.encode_rows(rows, self.recipe, self.tokenizer, self.labels)
         device = next(self.model.parameters()).device
-        from .evaluate.suite import evaluate_model
+        from .evaluation.suite import evaluate_model
 
         result, self.last_predictions = evaluate_model(self.task, self.model, self.tokenizer, encoded, self.recipe,
                                                        self.info, device, split=str(path))

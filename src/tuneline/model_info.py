@@ -16,7 +16,7 @@ Memory estimate (one process, AdamW, the loop of this project), in bytes:
                                                every adapted layer's input and the rank-r output; the
                                                `out` term is a measured correction (see below)
     e          = 4 (fp32) or 2 (bf16/fp16 autocast)
-    logits     = B * S * V * 12                generate: fp32 logits, log-softmax and gradient; an upper
+    logits     = B * S * V * 12                causal LM tasks: fp32 logits, log-softmax, gradient; an upper
                                                bound (the loop computes them at labelled positions only)
   runtime      = 1 GiB                          Python, PyTorch, tokenizer, data
 
@@ -32,10 +32,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UserError
+from .tasks import TASKS, get_task, task_class
 
 GIB = 1024 ** 3
 RUNTIME_BYTES = 1 * GIB
-METHODS = ("full", "lora", "freeze")
 
 
 def _cfg(config, *names, default=None):
@@ -51,13 +51,24 @@ def _is_decoder(config) -> bool:
     return any("CausalLM" in a or "LMHead" in a for a in archs) or bool(getattr(config, "is_decoder", False))
 
 
-def _meta_model(path: str, config, task: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def _task(name: str | None, config):
+    """The task named by --task, else the first registered one made for this kind of model."""
+    if name is None:
+        decoder = _is_decoder(config)
+        name = next((t for t in TASKS if task_class(t).causal_lm == decoder), None)
+        if name is None:
+            raise UserError(f"--task: no registered task suits {config.model_type}; give one of: {', '.join(TASKS)}")
+    if name not in TASKS:
+        raise UserError(f"--task: {name!r}; allowed: {', '.join(TASKS)}")
+    return get_task(name)
 
-    auto = AutoModelForCausalLM if task == "generate" else AutoModelForSequenceClassification
+
+def _meta_model(config, task):
+    import torch
+    import transformers
+
     with torch.device("meta"):
-        return auto.from_config(config)
+        return getattr(transformers, task.model_class).from_config(config)
 
 
 def _license(source, entry) -> str:
@@ -78,47 +89,8 @@ def _license(source, entry) -> str:
     return "unknown (see the model card)"
 
 
-def _method_costs(path, config, task: str, method: str, lora_r: int, batch: int, length: int, act_bytes: int,
-                  dims: dict) -> dict:
-    from .training.methods import apply_method, count_parameters
-    from .recipe import recipe_from_dict
-
-    recipe = recipe_from_dict({"task": task, "model": "x", "method": method, "data": {"train": "x"},
-                               "lora": {"r": lora_r}})
-    model = apply_method(_meta_model(path, config, task), recipe)
-    trainable, total = count_parameters(model)
-    # Autograd keeps activations only where gradients flow: every block for full and adapters,
-    # the trained top blocks for freeze (the frozen ones below need none).
-    blocks = min(recipe.freeze.train_layers, dims["layers"]) if method == "freeze" else dims["layers"]
-    per_token = blocks * dims["a_layer"] + 2 * dims["hidden"]
-    if method in ("lora", "dora") and recipe.lora.dropout > 0:
-        from peft.tuners.lora import LoraLayer
-
-        # in + r: the dropped-out input copy and the rank-r output; + out: measured, not derived
-        # (without it the estimate was 1.2 GiB / 23 % under the peak RSS of SmolLM2 LoRA at 4 x 256)
-        per_token += sum(m.in_features + m.out_features + lora_r for m in model.modules()
-                         if isinstance(m, LoraLayer) and hasattr(m, "in_features"))
-    tokens = batch * length
-    activations = tokens * per_token * act_bytes
-    logits = tokens * dims["vocab"] * 12 if task == "generate" else 0
-    parts = {"weights": 4 * total, "gradients": 4 * trainable, "optimizer": 8 * trainable,
-             "activations": activations + logits, "runtime": RUNTIME_BYTES}
-    parts["total"] = sum(parts.values())
-    return {"method": method if method != "lora" else f"lora r={lora_r}", "trainable": trainable, "total": total,
-            "bytes": parts, "gib": {k: round(v / GIB, 3) for k, v in parts.items()}}
-
-
-def model_info(spec: str, *, batch: int = 8, length: int = 512, precision: str = "fp32", lora_r: int = 8,
-               task: str | None = None) -> dict:
-    from .models import CATALOG, load_config, load_tokenizer, resolve_model
-
-    source = resolve_model(spec)
-    config = load_config(source.path)
-    task = task or ("generate" if _is_decoder(config) else "classify")
-    if task not in ("classify", "generate"):
-        raise UserError(f"--task: {task!r}; allowed: classify, generate")
-    entry = CATALOG.get(spec)
-    tokenizer = load_tokenizer(source.path)
+def _dimensions(spec: str, config, meta, length: int) -> dict:
+    """The transformer's sizes, and a_layer: activations kept per token and block (module docstring)."""
     h = _cfg(config, "hidden_size", "d_model", "n_embd")
     heads = _cfg(config, "num_attention_heads", "n_head")
     kv = _cfg(config, "num_key_value_heads", default=heads)
@@ -127,27 +99,77 @@ def model_info(spec: str, *, batch: int = 8, length: int = 512, precision: str =
     layers = _cfg(config, "num_hidden_layers", "n_layer", "num_layers")
     if not all((h, heads, layers, inter)):
         raise UserError(f"{spec}: cannot read the transformer's sizes from its config ({config.model_type})")
-    meta = _meta_model(source.path, config, task)
     gated = any(n.endswith(("gate_proj", "gate_up_proj", "w1")) for n, _ in meta.named_modules())
     attn_dropout = _cfg(config, "attention_probs_dropout_prob", "attention_dropout", "attn_pdrop", default=0.0)
     a_layer = 8 * h + 2 * kv * head_dim + (4 if gated else 2) * inter
     if attn_dropout and attn_dropout > 0:
         a_layer += 2 * heads * length
-    dims = {"hidden": h, "layers": layers, "vocab": config.vocab_size, "a_layer": a_layer}
+    return {"hidden": h, "heads": heads, "kv_heads": kv, "intermediate": inter, "layers": layers,
+            "vocab": config.vocab_size, "a_layer": a_layer}
+
+
+def _lora_dropout_copies(model) -> int:
+    """Activations per token of the LoRA/DoRA layers with dropout: PEFT keeps a dropped-out copy of
+    the input (in) and the rank-r output (r). The `out` term is measured, not derived: without it the
+    estimate was 1.2 GiB / 23 % under the peak RSS of SmolLM2 LoRA at 4 x 256."""
+    if not hasattr(model, "peft_config"):
+        return 0
+    import torch.nn as nn
+    from peft.tuners.lora import LoraLayer
+
+    return sum(m.in_features + m.out_features + m.r[name] for m in model.modules()
+               if isinstance(m, LoraLayer) and hasattr(m, "in_features")
+               for name, dropout in m.lora_dropout.items() if isinstance(dropout, nn.Dropout))
+
+
+def _method_costs(config, task, method, lora_r: int, batch: int, length: int, act_bytes: int, dims: dict) -> dict:
+    from .recipe import recipe_from_dict
+    from .training.methods import apply_method, count_parameters
+
+    recipe = recipe_from_dict({"task": task.name, "model": "x", "method": method.name, "data": {"train": "x"},
+                               "lora": {"r": lora_r}})
+    model = apply_method(_meta_model(config, task), recipe, task)
+    trainable, total = count_parameters(model)
+    # Autograd keeps activations only where gradients flow: every block for full and adapters,
+    # the trained top blocks for freeze (the frozen ones below need none).
+    blocks = method.activation_blocks(recipe, dims["layers"]) if method.activation_blocks else dims["layers"]
+    per_token = blocks * dims["a_layer"] + 2 * dims["hidden"] + _lora_dropout_copies(model)
+    tokens = batch * length
+    logits = tokens * dims["vocab"] * 12 if task.causal_lm else 0
+    parts = {"weights": 4 * total, "gradients": 4 * trainable, "optimizer": 8 * trainable,
+             "activations": tokens * per_token * act_bytes + logits, "runtime": RUNTIME_BYTES}
+    parts["total"] = sum(parts.values())
+    # --lora-r sets the rank of the methods whose options are the lora: section
+    label = f"{method.name} r={lora_r}" if method.options_section == "lora" else method.name
+    return {"method": label, "trainable": trainable, "total": total,
+            "bytes": parts, "gib": {k: round(v / GIB, 3) for k, v in parts.items()}}
+
+
+def model_info(spec: str, *, batch: int = 8, length: int = 512, precision: str = "fp32", lora_r: int = 8,
+               task: str | None = None) -> dict:
+    from .models import CATALOG, load_config, load_tokenizer, resolve_model
+    from .training.methods import METHODS
+
+    source = resolve_model(spec)
+    config = load_config(source.path)
+    task = _task(task, config)
+    entry = CATALOG.get(spec)
+    template = getattr(load_tokenizer(source.path), "chat_template", None)
+    dims = _dimensions(spec, config, _meta_model(config, task), length)
     act_bytes = 4 if precision == "fp32" else 2
-    context = _cfg(config, "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-    template = getattr(tokenizer, "chat_template", None)
-    costs = [_method_costs(source.path, config, task, m, lora_r, batch, length, act_bytes, dims) for m in METHODS]
-    tied = bool(getattr(config, "tie_word_embeddings", False)) and task == "generate"
+    costs = [_method_costs(config, task, m, lora_r, batch, length, act_bytes, dims)
+             for m in METHODS.values() if m.memory_row]
     return {
         "name": spec, "source": source.kind, "path": source.path,
         "package": entry.package if entry else None, "hub_id": entry.hub_id if entry else None,
         "architecture": (config.architectures or [config.model_type])[0], "model_type": config.model_type,
-        "task": task, "layers": layers, "hidden_size": h, "heads": heads, "kv_heads": kv, "intermediate_size": inter,
-        "vocab_size": config.vocab_size, "parameters": costs[0]["total"], "tied_embeddings": tied,
-        "context_length": context,
-        "chat_template": ("its own" if template else "none (tuneline's plain template is used)") if task == "generate"
-        else ("its own" if template else "none"),
+        "task": task.name, "layers": dims["layers"], "hidden_size": dims["hidden"], "heads": dims["heads"],
+        "kv_heads": dims["kv_heads"], "intermediate_size": dims["intermediate"], "vocab_size": config.vocab_size,
+        "parameters": costs[0]["total"],
+        "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)) and task.causal_lm,
+        "context_length": _cfg(config, "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"),
+        "chat_template": "its own" if template else (
+            "none (tuneline's plain template is used)" if task.data_shape == "chat" else "none"),
         "license": _license(source, entry),
         "memory": {"batch": batch, "length": length, "precision": precision, "methods": costs},
     }

@@ -1,14 +1,23 @@
-"""The recipe: the validated description of one run (YAML + `--set key=value` overrides)."""
+"""The recipe: the validated description of one run (YAML + `--set key=value` overrides).
+
+`task:` and `method:` are checked against the registries (tuneline.tasks.TASKS, the methods'
+METHODS), so a plug-in task or method is a valid value once registered; its own options
+section joins the recipe with `add_section`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from .errors import UserError
+from .evaluation import direction
+from .tasks import TASKS
+from .training.methods import METHODS
 
 
 class _Strict(BaseModel):
@@ -51,7 +60,7 @@ class EarlyStoppingConfig(_Strict):
     def resolved_mode(self) -> str:
         if self.mode:
             return self.mode
-        return "min" if self.metric in ("loss", "perplexity") else "max"
+        return direction.mode(self.metric)
 
 
 class ReplayConfig(_Strict):
@@ -70,8 +79,8 @@ class DivergenceConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: float = Field(3.0, gt=0)
     max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    lr: Optional[float] = Field(None, gt=0, description="default by method: full 5e-5, freeze 1e-4, "
-                                "lora/dora 5e-4, ia3 3e-3, prompt 3e-2")
+    lr: Optional[float] = Field(None, gt=0, description="default by method: " + ", ".join(
+        f"{m.name} {m.default_lr:.1e}".replace(".0e", "e").replace("e-0", "e-") for m in METHODS.values()))
     batch_size: int = Field(16, ge=1)
     eval_batch_size: Optional[int] = Field(None, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -255,13 +264,20 @@ class MemoryOptions(_Strict):
         return self.micro_batch_tokens
 
 
-DEFAULT_LR = {"full": 5e-5, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prompt": 3e-2}
+def _registered(registry: dict) -> AfterValidator:
+    """A name that must be a key of `registry`, read when validating (plug-ins register late)."""
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(f"unknown {name!r}; allowed: {', '.join(registry)}")
+        return name
+
+    return AfterValidator(check)
 
 
 class Recipe(_Strict):
-    task: Literal["classify", "generate"]
+    task: Annotated[str, _registered(TASKS)]
     model: str = Field(description="catalog alias, local folder, hub id or .gguf file")
-    method: Literal["full", "freeze", "lora", "dora", "ia3", "prompt"] = "full"
+    method: Annotated[str, _registered(METHODS)] = "full"
     data: DataConfig
     train: TrainConfig = TrainConfig()
     lora: LoraOptions = LoraOptions()
@@ -280,11 +296,27 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _default_lr(self) -> "Recipe":
-        # Adapters need far larger steps than full tuning; one default for all would leave
-        # LoRA or prompt tuning barely moving. Values as in the PEFT examples.
         if self.train.lr is None:
-            self.train.lr = DEFAULT_LR[self.method]
+            self.train.lr = METHODS[self.method].default_lr
         return self
+
+
+def add_section(name: str, model: type[BaseModel], default: BaseModel | None = None) -> None:
+    """Add an options section `name:` to every recipe, for a plug-in task or method (its
+    `options_section`). `model` validates it (derive from BaseModel with extra="forbid" to get the
+    same unknown-key errors); a recipe without the section gets `default`, else `model()`.
+
+        class BiasOptions(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            layers: int = 2
+
+        add_section("bias", BiasOptions)   # recipe.bias.layers, `--set bias.layers=4`
+    """
+    if name in Recipe.model_fields:
+        raise ValueError(f"the recipe has a {name!r} section already")
+    Recipe.model_fields[name] = FieldInfo.from_annotated_attribute(model, default if default is not None else model())
+    Recipe.__annotations__[name] = model
+    Recipe.model_rebuild(force=True)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -298,6 +330,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = f"unknown key; allowed keys here: {allowed}"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] == "value_error":
+            msg = str(e["ctx"]["error"])  # our own message, without pydantic's "Value error, " in front
         lines.append(f"  - {key}: {msg}")
     return "\n".join(lines)
 
@@ -379,3 +413,23 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_diff(a: "Recipe | dict", b: "Recipe | dict") -> list[str]:
+    """Dotted keys whose values differ between two recipes (or two dicts, e.g. their dumps)."""
+    def walk(x, y, prefix: str) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            return [d for k in sorted(set(x) | set(y)) for d in walk(x.get(k), y.get(k), f"{prefix}{k}.")]
+        return [prefix.rstrip(".")] if x != y else []
+
+    def as_dict(r):
+        return r.model_dump(mode="json") if isinstance(r, BaseModel) else r
+
+    return walk(as_dict(a), as_dict(b), "")
+
+
+def eval_batch_size(recipe: Recipe) -> int:
+    """Rows per forward pass when scoring: validation in the loop, the test evaluation, generation.
+    Twice the training batch by default: scoring holds no gradients or optimizer state, so it fits
+    where training fit (a generation's key-value cache is small beside a backward pass's activations)."""
+    return recipe.eval.batch_size or recipe.train.eval_batch_size or recipe.train.batch_size * 2

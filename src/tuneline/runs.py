@@ -1,4 +1,4 @@
-"""The run folder: atomic writes, a manifest (run.json), the metrics log, listing."""
+"""The run folder: atomic writes, a manifest (run.json), the metrics log, its recipe, the result."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import tempfile
-import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,14 @@ class RunDir:
     def exists(self) -> bool:
         return self.manifest.exists()
 
+    def load_recipe(self):
+        """The recipe the run was started with (recipe.yaml), validated."""
+        import yaml
+
+        from .recipe import recipe_from_dict
+
+        return recipe_from_dict(yaml.safe_load(self.recipe.read_text()), str(self.recipe))
+
     def read_manifest(self) -> dict:
         return json.loads(self.manifest.read_text()) if self.manifest.exists() else {}
 
@@ -150,5 +158,14 @@ class RunDir:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def now() -> float:
-    return time.time()
+@dataclass
+class RunResult:
+    """What `tuneline.train` returns: the run folder and its eval.json."""
+
+    path: Path
+    eval: dict
+
+    @classmethod
+    def load(cls, path) -> "RunResult":
+        run = RunDir(path)
+        return cls(Path(path), json.loads(run.eval_file.read_text()) if run.eval_file.exists() else {})

@@ -226,7 +226,8 @@ def test_gradient_checkpointing_same_gradients(tiny_bert):
         rec = recipe_from_dict({"task": "classify", "model": str(tiny_bert), "data": {"train": "x"},
                                 "memory": {"gradient_checkpointing": on}})
         torch.manual_seed(0)
-        model = apply_method(ClassifyTask().load_model(str(tiny_bert), rec, None, ["a", "b"]), rec)
+        task = ClassifyTask()
+        model = apply_method(task.load_model(str(tiny_bert), rec, None, ["a", "b"]), rec, task)
         flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
         assert getattr(model, flag) == on
         model.train()  # dropout on: checkpointing must replay the same masks

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
+from ..tasks import TASKS, get_task
 from .app import data_app
 
 
@@ -18,7 +19,7 @@ def data_check(
     train_file: Path = typer.Argument(..., help="training rows (.jsonl .csv .tsv .parquet or datasets folder)"),
     validation: Optional[Path] = typer.Option(None, "--validation", help="validation rows"),
     test: Optional[Path] = typer.Option(None, "--test", help="test rows"),
-    task: Optional[str] = typer.Option(None, "--task", help="classify | generate (default: from the columns)"),
+    task: Optional[str] = typer.Option(None, "--task", help=f"{' | '.join(TASKS)} (default: from the columns)"),
     model: Optional[str] = typer.Option(None, "--model", help="tokenizer for the too_long check (alias, folder, hub id)"),
     max_length: int = typer.Option(128, "--max-length", help="token limit for the too_long check"),
     text_column: Optional[str] = typer.Option(None, "--text-column"),
@@ -28,23 +29,20 @@ def data_check(
     as_json: bool = typer.Option(False, "--json", help="print {rows, findings} as JSON"),
 ):
     """Audit task data: invalid rows, duplicates, leakage, imbalance, length, PII, label noise... Exit 2 on errors."""
-    from ..data.audit import audit, format_table, guess_task
+    from ..data.audit import audit, format_table
 
     paths = {"train": train_file}
     if validation:
         paths["validation"] = validation
     if test:
         paths["test"] = test
-    if task is None:
-        task = guess_task(train_file)
-    if task not in ("classify", "generate"):
-        raise UserError(f"--task: {task!r}; allowed: classify, generate")
+    shape = _row_shape(task, train_file)
     tokenizer = None
     if model:
         from ..models import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(model).path)
-    result = audit(paths, task, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
+    result = audit(paths, shape, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
                    max_length=max_length, label_noise=not no_label_noise)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
@@ -58,3 +56,14 @@ def data_check(
             f"{v['file']} ({v['kept']} kept, {v['dropped']} dropped)" for v in written.values()), file=sys.stderr)
     if result.errors:
         raise typer.Exit(2)
+
+
+def _row_shape(task: str | None, train_file: Path) -> str:
+    """What the audit checks the rows as: the task's data shape, else guessed from the columns."""
+    if task is None:
+        from ..data.audit import guess_shape
+
+        return guess_shape(train_file)
+    if task not in TASKS:
+        raise UserError(f"--task: {task!r}; allowed: {', '.join(TASKS)}")
+    return get_task(task).data_shape

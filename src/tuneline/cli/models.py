@@ -7,6 +7,7 @@ import json
 import typer
 
 from ..errors import UserError
+from ..tasks import TASKS
 from .app import models_app
 
 
@@ -31,7 +32,7 @@ def models_info(
     length: int = typer.Option(512, "--length", min=8, help="sequence length for the memory estimate"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (activations)"),
     lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank for the estimate"),
-    task: str = typer.Option(None, "--task", help="classify | generate (default: from the architecture)"),
+    task: str = typer.Option(None, "--task", help=f"{' | '.join(TASKS)} (default: from the architecture)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Architecture, parameters, context length, chat template, license and estimated training memory."""

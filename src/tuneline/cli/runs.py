@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-import yaml
 
 from ..errors import UserError
 from .app import app
@@ -63,8 +62,8 @@ def _read_inputs(path: Path) -> list[str]:
             return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as e:
             raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    from ..data.columns import TEXT_COLUMNS
     from ..data.io import read_rows
-    from ..tasks.classify import TEXT_COLUMNS
 
     rows = read_rows(path)
     col = next((c for c in rows.columns if c.lower() in TEXT_COLUMNS), None)
@@ -88,7 +87,7 @@ def chat(
     from ..inference import load_run
 
     loaded = load_run(run)
-    if loaded.info["task"] != "generate":
+    if "chat" not in loaded.task.serves:
         raise UserError(f"{run}: chat needs a run of task generate (this one is {loaded.info['task']})")
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature)) if v is not None}
     history: list[dict] = []
@@ -152,14 +151,13 @@ def diagnose(
 ):
     """Read a run's curves: best step, overfitting (validation worse while training improves), no learning."""
     from ..training.diagnose import diagnose_run, format_findings
-    from ..recipe import recipe_from_dict
     from ..runs import RunDir
     from ..tasks import get_task
 
     rd = RunDir(run)
     if not rd.recipe.exists():
         raise UserError(f"{run}: not a run folder (recipe.yaml missing)")
-    recipe = recipe_from_dict(yaml.safe_load(rd.recipe.read_text()), str(rd.recipe))
+    recipe = rd.load_recipe()
     findings = diagnose_run(rd, recipe, get_task(recipe.task))
     diverged = rd.read_manifest().get("diverged")
     if diverged:

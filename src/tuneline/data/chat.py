@@ -1,7 +1,9 @@
-"""Chat rows: detect the format, normalise to OpenAI-style messages, check each row.
+"""Chat rows: detect the format, normalise to OpenAI-style messages, check each row, and turn a
+conversation into token ids and loss labels with the model's chat template.
 
 Formats: OpenAI `messages`, `prompt` + `completion`, Alpaca (`instruction`, `input`, `output`),
-ShareGPT (`conversations` with `from` / `value`).
+ShareGPT (`conversations` with `from` / `value`). The generate task trains on these tokens; the
+data audit measures the same encoding for its length checks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ PLAIN_TEMPLATE = (
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+IGNORE = -100  # the label of tokens outside the answers: no loss there
 
 
 def detect_format(rows: Rows, prompt_col: str | None = None, completion_col: str | None = None) -> str:
@@ -119,3 +122,54 @@ def check_order(msgs: list[dict], where: str, need_answer: bool = True) -> None:
             raise UserError(f"{where}: the last turn must be the assistant's answer")
     elif msgs[-1]["role"] != "user" and msgs[-1]["role"] != "assistant":
         raise UserError(f"{where}: nothing to answer")
+
+
+# -- chats as tokens, with the model's chat template ------------------------------
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Use the model's own template; give a plain one to models without. True if we added it."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = PLAIN_TEMPLATE
+    return True
+
+
+def render_chat(tokenizer, msgs: list[dict], gen: bool) -> str:
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+
+def with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and msgs[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}] + msgs
+    return msgs
+
+
+def encode_conversation(tokenizer, msgs: list[dict], loss_on: str) -> tuple[list[int], list[int], int]:
+    """Token ids and labels (IGNORE outside assistant answers). Returns (ids, labels, start of last answer).
+
+    The text is rendered turn by turn: for each assistant turn the prompt part is the template
+    with a generation prompt, the answer part what the full render adds after it (the answer
+    and the end-of-turn token, so the model learns to stop). Masking follows these spans, not
+    token ids: SmolLM2's pad token is its end-of-turn token, and masking by id would drop it.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    prev = ""
+    last_start = 0
+    answers = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    for i in answers:
+        prompt = render_chat(tokenizer, msgs[:i], gen=True)
+        full = render_chat(tokenizer, msgs[: i + 1], gen=False)
+        if not prompt.startswith(prev) or not full.startswith(prompt):
+            raise UserError("model: its chat template does not render conversations turn by turn "
+                            "(a prefix changes when a turn is added); set a simpler template")
+        p_ids = tokenizer(prompt[len(prev):], add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        ids += p_ids
+        labels += [IGNORE] * len(p_ids)
+        last_start = len(ids)
+        train_this = loss_on == "all_assistant" or i == answers[-1]
+        ids += a_ids
+        labels += a_ids if train_this else [IGNORE] * len(a_ids)
+        prev = full
+    return ids, labels, last_start

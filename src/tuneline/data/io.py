@@ -1,18 +1,23 @@
 """Read rows from JSONL, CSV, Parquet or a `datasets.save_to_disk` folder.
 
-Every row keeps where it came from (file, line) so later errors can point at it.
+Every row keeps where it came from (file, line) so later errors can point at it. Each format is
+read one row at a time (`iter_records`); `read_rows` collects the rows of a whole file, `head_rows`
+the first ones, `read_rows_at` chosen lines.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import UserError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 @dataclass
@@ -33,6 +38,16 @@ class Rows:
     def where(self, i: int) -> str:
         return f"{self.path}:{self.lines[i]}"
 
+    @classmethod
+    def collect(cls, path: str | Path, numbered: Iterable[tuple[int, dict]]) -> "Rows":
+        """Rows from (line, record) pairs; the columns in the order they first appear."""
+        records, lines, cols = [], [], {}
+        for n, rec in numbered:
+            records.append(rec)
+            lines.append(n)
+            cols.update(dict.fromkeys(rec))
+        return cls(str(path), records, lines, list(cols))
+
     def subset(self, idx: list[int], path: str | None = None) -> "Rows":
         return Rows(path or self.path, [self.records[i] for i in idx], [self.lines[i] for i in idx], self.columns)
 
@@ -49,36 +64,55 @@ def resolve_data_path(value: str, base_dir: Path | None, key: str) -> Path:
 
 
 def read_rows(path: str | Path, lenient: bool = False) -> Rows:
-    """Strict (training): the first bad line is a UserError. Lenient (audit): bad lines are
-    collected in `invalid` / `bad_utf8` and reading goes on."""
+    """Strict (training): the first bad line is a UserError. Lenient (audit): bad lines of a JSONL
+    file are collected in `invalid` / `bad_utf8` and reading goes on."""
     path = Path(path)
-    if path.is_dir():
-        return _read_datasets_folder(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = _read_jsonl_lenient(path) if lenient else _read_jsonl(path)
-    elif suffix in (".csv", ".tsv"):
-        rows = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
-    elif suffix == ".parquet":
-        rows = _read_parquet(path)
+    if lenient and path.is_file() and path.suffix.lower() in JSONL_SUFFIXES:
+        rows = _read_jsonl_lenient(path)
     else:
-        raise UserError(f"{path}: unknown data format {suffix!r}; use .jsonl, .csv, .tsv, .parquet or a datasets folder")
-    if not rows.records and not (lenient and rows.invalid):
-        raise UserError(f"{path}: no rows (the file is empty or holds only blank lines or a header); "
-                        "give a file with one row per line")
+        rows = Rows.collect(path, iter_records(path))
+    if not rows.records and not rows.invalid:
+        raise no_rows(path)
     return rows
 
 
-def _read_jsonl(path: Path) -> Rows:
-    records, lines, cols = [], [], {}
-    for n, obj in _iter_jsonl(path):
-        records.append(obj)
-        lines.append(n)
-        for k in obj:
-            cols.setdefault(k, None)
-    return Rows(str(path), records, lines, list(cols))
+def iter_records(path: str | Path, only: set[int] | None = None, batch_rows: int = 4096) -> Iterator[tuple[int, dict]]:
+    """(line, record) for every row, read strictly and one at a time: the file is never held in
+    memory. `line` is what `Rows.lines` holds (row number for Parquet and datasets folders).
+    With `only`, just those lines are returned (JSONL skips the others without decoding them)."""
+    path = Path(path)
+    if path.is_dir():
+        yield from _iter_datasets_folder(path, only, batch_rows)
+        return
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        yield from _iter_jsonl(path, only)
+    elif suffix in (".csv", ".tsv"):
+        yield from _iter_csv(path, "\t" if suffix == ".tsv" else ",", only)
+    elif suffix == ".parquet":
+        yield from _iter_parquet(path, only, batch_rows)
+    else:
+        raise UserError(f"{path}: unknown data format {suffix!r}; use .jsonl, .csv, .tsv, .parquet or a datasets folder")
+
+
+def head_rows(path: str | Path, n: int) -> Rows:
+    """The first n rows as Rows (column detection, audit samples)."""
+    rows = Rows.collect(path, itertools.islice(iter_records(path), n))
+    if not rows.records:
+        raise no_rows(path)
+    return rows
+
+
+def read_rows_at(path: str | Path, lines) -> Rows:
+    """Only the rows at these lines, in file order: held-out splits of a file too large to read whole."""
+    return Rows.collect(path, iter_records(path, only={int(x) for x in lines}))
+
+
+def no_rows(path: str | Path) -> UserError:
+    return UserError(f"{path}: no rows (the file is empty or holds only blank lines or a header); "
+                     "give a file with one row per line")
 
 
 def _iter_jsonl(path: Path, only: set[int] | None = None) -> Iterator[tuple[int, dict]]:
@@ -142,18 +176,20 @@ def _first_bad_utf8_line(path: Path) -> tuple[int, UnicodeDecodeError]:
 
 
 def _read_jsonl_lenient(path: Path) -> Rows:
-    records, lines, cols, invalid, bad_utf8 = [], [], {}, [], []
-    for n, obj, problem, bad_bytes in iter_jsonl_lenient(path):
-        if bad_bytes:
-            bad_utf8.append(n)
-        if problem is not None:
-            invalid.append((n, problem))
-            continue
-        records.append(obj)
-        lines.append(n)
-        for k in obj:
-            cols.setdefault(k, None)
-    return Rows(str(path), records, lines, list(cols), invalid, bad_utf8)
+    invalid, bad_utf8 = [], []
+
+    def valid():
+        for n, obj, problem, bad_bytes in iter_jsonl_lenient(path):
+            if bad_bytes:
+                bad_utf8.append(n)
+            if problem is not None:
+                invalid.append((n, problem))
+            else:
+                yield n, obj
+
+    rows = Rows.collect(path, valid())
+    rows.invalid, rows.bad_utf8 = invalid, bad_utf8
+    return rows
 
 
 def iter_jsonl_lenient(path: str | Path):
@@ -186,19 +222,6 @@ def iter_jsonl_lenient(path: str | Path):
 _CSV_FIELD_LIMIT = 64 << 20
 
 
-def _read_csv(path: Path, delimiter: str) -> Rows:
-    records, lines = [], []
-    for n, rec in _iter_csv(path, delimiter):
-        records.append(rec)
-        lines.append(n)
-    return Rows(str(path), records, lines, _csv_header(path, delimiter))
-
-
-def _csv_header(path: Path, delimiter: str) -> list[str]:
-    with path.open("r", encoding="utf-8-sig", newline="") as f:
-        return next(csv.reader(f, delimiter=delimiter), [])
-
-
 def _iter_csv(path: Path, delimiter: str, only: set[int] | None = None) -> Iterator[tuple[int, dict]]:
     """(line, record) per row, strictly; `line` is the row's last physical line (quoted newlines)."""
     _refuse_binary(path)
@@ -227,24 +250,6 @@ def _iter_csv(path: Path, delimiter: str, only: set[int] | None = None) -> Itera
         raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason} at column {e.start + 1}); save the file as UTF-8") from None
 
 
-def _read_parquet(path: Path) -> Rows:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a broken file
-        raise UserError(f"{path}: cannot read Parquet ({str(e).splitlines()[0][:200]}); the file is damaged or "
-                        "not Parquet: write it again, or give the rows as .jsonl / .csv") from None
-    records = table.to_pylist()
-    return Rows(str(path), records, list(range(1, len(records) + 1)), table.column_names)
-
-
-def _read_datasets_folder(path: Path) -> Rows:
-    ds = _load_datasets_folder(path)
-    records = ds.to_list()
-    return Rows(str(path), records, list(range(1, len(records) + 1)), list(ds.column_names))
-
-
 def _load_datasets_folder(path: Path):
     # save_to_disk folders hold Arrow files and JSON metadata: nothing is unpickled.
     if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
@@ -260,57 +265,6 @@ def _load_datasets_folder(path: Path):
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
     return ds
-
-
-# -- streaming reads (data larger than memory) --------------------------------
-
-def iter_records(path: str | Path, only: set[int] | None = None, batch_rows: int = 4096) -> Iterator[tuple[int, dict]]:
-    """(line, record) for every row, read strictly and one at a time: the file is never held in
-    memory. `line` is what `Rows.lines` holds (row number for Parquet and datasets folders).
-    With `only`, just those lines are returned (JSONL skips the others without decoding them)."""
-    path = Path(path)
-    if path.is_dir():
-        yield from _iter_datasets_folder(path, only, batch_rows)
-        return
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        yield from _iter_jsonl(path, only)
-    elif suffix in (".csv", ".tsv"):
-        yield from _iter_csv(path, "\t" if suffix == ".tsv" else ",", only)
-    elif suffix == ".parquet":
-        yield from _iter_parquet(path, only, batch_rows)
-    else:
-        raise UserError(f"{path}: unknown data format {suffix!r}; use .jsonl, .csv, .tsv, .parquet or a datasets folder")
-
-
-def head_rows(path: str | Path, n: int) -> Rows:
-    """The first n rows as Rows (column detection, audit samples)."""
-    records, lines, cols = [], [], {}
-    for line, rec in iter_records(path):
-        if len(records) >= n:
-            break
-        records.append(rec)
-        lines.append(line)
-        for k in rec:
-            cols.setdefault(k, None)
-    if not records:
-        raise UserError(f"{path}: no rows (the file is empty or holds only blank lines or a header); "
-                        "give a file with one row per line")
-    return Rows(str(path), records, lines, list(cols))
-
-
-def read_rows_at(path: str | Path, lines) -> Rows:
-    """Only the rows at these lines, in file order: held-out splits of a file too large to read whole."""
-    wanted = {int(x) for x in lines}
-    records, got, cols = [], [], {}
-    for line, rec in iter_records(path, only=wanted):
-        records.append(rec)
-        got.append(line)
-        for k in rec:
-            cols.setdefault(k, None)
-    return Rows(str(path), records, got, list(cols))
 
 
 def _iter_parquet(path: Path, only: set[int] | None, batch_rows: int) -> Iterator[tuple[int, dict]]:

@@ -1,13 +1,14 @@
 """Replay against forgetting: `train.replay: {data: FILE, fraction: 0.1}` mixes general text or
-general instruction rows into the training rows of the generate task, so the model keeps
-practising what it could do before while it learns the task.
+general instruction rows into the training rows of a task that tunes a causal language model
+(`task.causal_lm`: generate), so the model keeps practising what it could do before while it
+learns the task.
 
 - Plain text (a .txt file, or rows with only a `text` column): tokenized, joined with the end-of-
   text token and cut into blocks of train.max_length tokens; every token counts in the loss
   (language modelling, as in pre-training).
-- Chat or instruction rows (messages, prompt/completion, Alpaca, ShareGPT): encoded like the
-  task's rows with the model's chat template, loss on the answers; without the task's system
-  prompt, since they stand for the model's general use.
+- Chat or instruction rows (messages, prompt/completion, Alpaca, ShareGPT): encoded by the task
+  like its rows (`task.encode_general`: the model's chat template, loss on the answers) but
+  without the task's system prompt, since they stand for the model's general use.
 
 `fraction` is the share of training rows that are replay rows: n_replay = n_task * f / (1 - f),
 drawn once with the run's seed (repeated when the file is smaller). The mix is fixed for the
@@ -36,14 +37,7 @@ class Replay:
 
     def mix_into(self, train):
         """The task's encoded training rows with the replay rows appended (batches shuffle them in)."""
-        from ..tasks.generate import ChatEncoded
-
-        # prompts/references exist only for in-memory rows (a streamed train keeps none)
-        kept = len(train.prompts) == len(train)
-        return ChatEncoded(train.input_ids + self.input_ids, train.labels + self.labels, train.where + self.where,
-                           train.prompts + [[] for _ in self.input_ids] if kept else [],
-                           train.references + [""] * len(self.input_ids) if kept else [],
-                           train.truncated, train.dropped, train.dropped_where)
+        return train.with_rows(self.input_ids, self.labels, self.where)
 
 
 def text_blocks(texts: list[str], tokenizer, max_length: int) -> list[list[int]]:
@@ -66,35 +60,34 @@ def read_paragraphs(path: Path) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _encode_pool(path: Path, recipe, tokenizer) -> tuple[list[list[int]], list[list[int]], list[str], str]:
-    max_len = recipe.train.max_length
+def _encode_pool(path: Path, recipe, task, tokenizer) -> tuple[list[list[int]], list[list[int]], list[str], str]:
     if path.suffix.lower() in (".txt", ".md"):
-        blocks = text_blocks(read_paragraphs(path), tokenizer, max_len)
-        return blocks, [list(b) for b in blocks], [f"{path.name} block {i + 1}" for i in range(len(blocks))], "text"
+        return _language_modelling(read_paragraphs(path), path, recipe, tokenizer)
     rows = read_rows(path)
     cols = set(rows.columns)
     if "text" in cols and not cols & CHAT_COLUMNS:
         texts = [r["text"] for r in rows.records if isinstance(r.get("text"), str) and r["text"].strip()]
-        blocks = text_blocks(texts, tokenizer, max_len)
-        return blocks, [list(b) for b in blocks], [f"{path.name} block {i + 1}" for i in range(len(blocks))], "text"
-    from ..tasks.generate import GenerateTask
-
-    # the replay file's own format and columns, and no task system prompt
+        return _language_modelling(texts, path, recipe, tokenizer)
+    # the replay file's own format and columns
     general = recipe.model_copy(update={
-        "data": recipe.data.model_copy(update={"format": "auto", "text_column": None, "label_column": None}),
-        "generate": recipe.generate.model_copy(update={"system_prompt": None}),
-    })
-    enc = GenerateTask().encode_rows(rows, general, tokenizer)
+        "data": recipe.data.model_copy(update={"format": "auto", "text_column": None, "label_column": None})})
+    enc = task.encode_general(rows, general, tokenizer)
     return enc.input_ids, enc.labels, enc.where, "chat"
 
 
-def load_replay(recipe, tokenizer, base_dir: Path | None, n_task_rows: int) -> Replay:
+def _language_modelling(texts: list[str], path: Path, recipe, tokenizer):
+    """Blocks of text whose every token counts in the loss (labels = ids)."""
+    blocks = text_blocks(texts, tokenizer, recipe.train.max_length)
+    return blocks, [list(b) for b in blocks], [f"{path.name} block {i + 1}" for i in range(len(blocks))], "text"
+
+
+def load_replay(recipe, task, tokenizer, base_dir: Path | None, n_task_rows: int) -> Replay:
     cfg = recipe.train.replay
-    if recipe.task != "generate":
+    if not task.causal_lm:
         raise UserError("train.replay: only the generate task trains on text; a classifier has no general "
                         "ability to keep this way (remove train.replay)")
     path = resolve_data_path(cfg.data, base_dir, "train.replay.data")
-    ids, labels, where, kind = _encode_pool(path, recipe, tokenizer)
+    ids, labels, where, kind = _encode_pool(path, recipe, task, tokenizer)
     if not ids:
         raise UserError(f"{path}: train.replay.data has no usable text (empty, or every row too short)")
     n = max(1, round(n_task_rows * cfg.fraction / (1 - cfg.fraction)))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from .io import Rows
-
 
 def split_indices(n: int, size: float, seed: int, strata) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (when every class has 2+ rows), seeded split of row positions 0..n-1:

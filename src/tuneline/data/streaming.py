@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
 from . import token_cache
-from .io import Rows, count_rows, head_rows, iter_records
+from .columns import HEAD_ROWS
+from .io import Rows, count_rows, head_rows, iter_records, no_rows
 
 STREAM_BYTES = 256 << 20
 STREAM_ROWS = 200_000
-HEAD_ROWS = 2000            # rows that decide columns and chat format, as `guess_columns` samples
 AUDIT_SAMPLE_ROWS = 20_000  # training rows the pre-training audit reads when the file is streamed
 
 
@@ -40,15 +39,12 @@ def use_streaming(data, path: Path) -> bool:
     return count_rows(path, stop_at=STREAM_ROWS) > STREAM_ROWS
 
 
-def encoding_options(recipe) -> dict:
+def encoding_options(recipe, task) -> dict:
     """Every recipe value that changes what the cache holds (part of its key)."""
     d = recipe.data
-    opts = {"task": recipe.task, "text_column": d.text_column, "label_column": d.label_column,
-            "format": d.format, "max_rows": d.max_rows, "max_length": recipe.train.max_length}
-    if recipe.task == "generate":
-        g = recipe.generate
-        opts.update(loss_on=g.loss_on, truncation=g.truncation, system_prompt=g.system_prompt)
-    return opts
+    return {"task": recipe.task, "text_column": d.text_column, "label_column": d.label_column,
+            "format": d.format, "max_rows": d.max_rows, "max_length": recipe.train.max_length,
+            **task.encoding_options(recipe)}
 
 
 class StreamedRows:
@@ -83,7 +79,7 @@ def open_train(path: Path, file_sha256: str, recipe, task, tokenizer) -> Streame
     """The training file's token cache, built on first use (row by row, encoded in chunks)."""
     # first: it picks the columns (an error names them now) and may give the tokenizer a chat template
     encoder = task.stream_encoder(head_rows(path, HEAD_ROWS), recipe, tokenizer)
-    options = {**encoding_options(recipe), "tokenizer": token_cache.tokenizer_fingerprint(tokenizer)}
+    options = {**encoding_options(recipe, task), "tokenizer": token_cache.tokenizer_fingerprint(tokenizer)}
     out = token_cache.cache_path(path, file_sha256, options)
 
     def make() -> dict:
@@ -103,8 +99,7 @@ def open_train(path: Path, file_sha256: str, recipe, task, tokenizer) -> Streame
         print(f"Data: {meta['rows']:,} rows from the token cache {out}", flush=True)
     file = token_cache.TokenFile(out)
     if not len(file):
-        raise UserError(f"{path}: no rows (the file is empty or holds only blank lines or a header); "
-                        "give a file with one row per line")
+        raise no_rows(path)
     return StreamedRows(path, file, np.arange(len(file)), str(path))
 
 
@@ -117,13 +112,5 @@ def materialise(parts: dict, train: StreamedRows, audit_rows: int = AUDIT_SAMPLE
     records = dict(iter_records(train.source, only=set(np.concatenate(list(wanted.values())).tolist())))
     out = dict(parts)
     for name, lines in wanted.items():
-        out[name] = Rows(views[name].path, [records[int(n)] for n in lines], lines.tolist(), _columns(records, lines))
+        out[name] = Rows.collect(views[name].path, ((n, records[n]) for n in lines.tolist()))
     return out, out.pop("__audit__")
-
-
-def _columns(records: dict, lines) -> list[str]:
-    cols: dict[str, None] = {}
-    for n in lines:
-        for k in records[int(n)]:
-            cols.setdefault(k, None)
-    return list(cols)

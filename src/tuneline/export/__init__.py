@@ -8,14 +8,12 @@ then moved into place: a failed or interrupted export leaves nothing behind and 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 from ..errors import RunFailed, UserError
-from ..runs import atomic_write_json, atomic_write_text, package_versions, replace_dir
+from ..runs import atomic_write_json, atomic_write_text, package_versions, staged_dir
 from . import hf, llama_gguf, onnx_classifier
 from .card import model_card
 from .source import open_source, sha256_file
@@ -44,6 +42,18 @@ def _check_args(run: Path, fmt: str, out: Path, quantize: list[str], overwrite: 
             raise UserError(f"--out {out}: exists; give --overwrite to replace it, or another folder")
 
 
+def _check_task(source, fmt: str) -> None:
+    """The format must suit the run's task (its `export_formats`)."""
+    from ..tasks import TASKS, task_class
+
+    task = source.loaded.task
+    if fmt in task.export_formats:
+        return
+    fits = [name for name in TASKS if fmt in task_class(name).export_formats]
+    raise UserError(f"{source.path}: --format {fmt} is for {FORMATS[fmt].MODELS} (task {' or '.join(fits)}); "
+                    f"this run is {task.name}. Use --format {' or '.join(task.export_formats)}")
+
+
 def _versions() -> dict:
     out = package_versions()
     for name in ("gguf", "onnx", "onnxruntime", "onnxscript"):
@@ -57,11 +67,17 @@ def _versions() -> dict:
 def _headline(ev: dict | None) -> dict | None:
     if not ev:
         return None
-    from ..reporting.tables import HEADLINE
+    from ..reporting.tables import headline_keys
 
-    keys = HEADLINE.get(ev.get("task"), ())
+    keys = headline_keys(ev)
     return {side: {k: ev[side][k] for k in keys if k in ev.get(side, {})} for side in ("tuned", "baseline")} | {
         "rows": ev.get("n")}
+
+
+def _task_options(source) -> dict:
+    """The task's own options as the run kept them (`generate: {...}`), for a task that has some."""
+    section = source.loaded.task.options_section
+    return {section: source.info.get(section)} if section else {}
 
 
 def _source_record(source) -> dict:
@@ -73,7 +89,7 @@ def _source_record(source) -> dict:
         "method": source.info.get("method"),
         "base_model": source.info.get("base_model"),
         "labels": source.info.get("labels"),
-        "generate": source.info.get("generate") if source.task == "generate" else None,
+        **_task_options(source),
         "data": run_json.get("data"),
         "rows": run_json.get("rows"),
         "test_metrics": _headline(source.eval_result()),
@@ -107,10 +123,9 @@ def export_run(run: str | Path, fmt: str, out: str | Path, quantize: list[str] |
     if samples < 1:
         raise UserError("--samples: at least 1")
     source = open_source(run)
+    _check_task(source, fmt)
     started = time.time()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with staged_dir(out) as tmp:
         result = FORMATS[fmt].export(source, tmp, quantize, samples)
         manifest = {
             "tuneline_export": MANIFEST_VERSION,
@@ -131,11 +146,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path, quantize: list[str] |
         manifest["seconds"] = round(time.time() - started, 1)
         atomic_write_json(tmp / "manifest.json", manifest)
         failures = _failures(result["parity"])
-        if failures:
+        if failures:  # leaving the block with an error removes the staged folder and keeps `out`
             raise RunFailed(f"the export does not match the run's model closely enough, so it was not written "
                             f"to {out}: " + "; ".join(failures))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

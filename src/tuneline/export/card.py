@@ -11,34 +11,24 @@ import json
 import re
 from pathlib import Path
 
-from ..reporting.tables import HEADLINE
 from ..models import CATALOG
-
-PIPELINE_TAG = {"classify": "text-classification", "generate": "text-generation"}
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+from ..reporting.model_card import metric_table
+from .source import task_options
 
 
 def metrics_table(ev: dict | None) -> str:
     if not ev:
         return "_No eval.json in the run folder._"
-    tuned, base = ev.get("tuned", {}), ev.get("baseline", {})
-    kind = base.get("kind", "baseline").replace("_", " ")
-    rows = [f"| metric | tuned | baseline ({kind}) |", "| --- | --- | --- |"]
-    rows += [f"| {k} | {_fmt(tuned.get(k))} | {_fmt(base.get(k))} |"
-             for k in HEADLINE.get(ev.get("task"), ()) if k in tuned or k in base]
-    return f"On {ev.get('n', '?')} held-out test rows:\n\n" + "\n".join(rows)
+    return f"On {ev.get('n', '?')} held-out test rows:\n\n" + metric_table(ev)
 
 
-def usage(fmt: str, task: str, info: dict, manifest: dict) -> str:
+def usage(fmt: str, task, info: dict, manifest: dict) -> str:
     """How to load this export, with nothing of tuneline installed."""
-    system = (info.get("generate") or {}).get("system_prompt")
-    if fmt == "hf" and task == "classify":
+    system = task_options(task, info).get("system_prompt")
+    if fmt == "hf" and "chat" not in task.serves:
         return ("```python\nfrom transformers import pipeline\n\n"
-                "classify = pipeline(\"text-classification\", model=\".\")  # this folder\n"
-                "print(classify([\"Arrived quickly and works perfectly.\"]))\n```")
+                f"pipe = pipeline(\"{task.pipeline_tag}\", model=\".\")  # this folder\n"
+                "print(pipe([\"Arrived quickly and works perfectly.\"]))\n```")
     if fmt == "hf":
         sys_line = f"    {{\"role\": \"system\", \"content\": {json.dumps(system)}}},\n" if system else ""
         return ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -102,7 +92,7 @@ def export_section(fmt: str, source, manifest: dict) -> str:
         (f"Written by `tuneline export` from the run `{source.path.name}`; `manifest.json` lists every file "
          "with its sha256, the source run's file hashes and the figures below."),
         "",
-        usage(fmt, source.task, source.info, manifest),
+        usage(fmt, source.loaded.task, source.info, manifest),
         "",
         f"Agreement with the run's own model ({compared}):",
         "",
@@ -112,21 +102,20 @@ def export_section(fmt: str, source, manifest: dict) -> str:
 
 
 def own_card(fmt: str, source, manifest: dict) -> str:
-    info, recipe = source.info, source.loaded.recipe
+    info, recipe, task = source.info, source.loaded.recipe, source.loaded.task
     base = info.get("base_model", "?")
     entry = CATALOG.get(base)
     hub = entry.hub_id if entry else (base if base.count("/") == 1 else None)
     front = ["---", f"library_name: {'gguf' if fmt == 'gguf' else ('onnx' if fmt == 'onnx' else 'transformers')}",
-             f"pipeline_tag: {PIPELINE_TAG[source.task]}", f"tags: [tuneline, {info.get('method')}]"]
+             *([f"pipeline_tag: {task.pipeline_tag}"] if task.pipeline_tag else []),
+             f"tags: [tuneline, {info.get('method')}]"]
     if hub:
         front.append(f"base_model: {hub}")
     if entry:
         front.append(f"license: {entry.license.lower()}")
     front.append("---")
     run_json = source.loaded.run.read_manifest()
-    what = (f"labels: {', '.join(info['labels'])}" if source.task == "classify"
-            else "chat answers" + (f" under the system prompt {json.dumps(info['generate']['system_prompt'])}"
-                                   if (info.get("generate") or {}).get("system_prompt") else ""))
+    what = task.card_summary(info)
     data_lines = [f"- {split}: `{Path(d.get('path', '?')).name}` (sha256 `{d.get('sha256', '?')[:16]}...`)"
                   for split, d in (run_json.get("data") or {}).items()]
     rows = run_json.get("rows")
@@ -142,7 +131,8 @@ def own_card(fmt: str, source, manifest: dict) -> str:
         "",
         f"# {source.path.name}",
         "",
-        f"`{base}` fine-tuned with tuneline for **{source.task}** ({what}), method **{info.get('method')}**.",
+        f"`{base}` fine-tuned with tuneline for **{task.name}**" + (f" ({what})" if what else "")
+        + f", method **{info.get('method')}**.",
         "",
         "## Evaluation",
         "",

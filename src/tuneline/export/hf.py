@@ -19,25 +19,30 @@ from ..models import CATALOG, resolve_model
 from ..runs import atomic_write_json
 from .compare import LogitsAgreement, causal_logits, prediction_agreement, within
 
+MODELS = "Transformers models"  # what the format is for, in the error for a task without it
 QUANTIZATIONS = ("f32", "f16")
 
+# By whether the task's model is a causal LM (its next-token logits are compared on a few test
+# conversations) or not (its labels and probabilities on every test row).
 TOLERANCE = {
-    "classify": {
+    False: {
         # a byte-for-byte copy must predict exactly as the run does
         "f32": {"min_label_agreement": 1.0, "max_prob_diff": 1e-5},
         "f16": {"min_label_agreement": 0.99, "max_prob_diff": 1e-2},
+        "adapter": {"min_label_agreement": 1.0, "max_prob_diff": 1e-5},
     },
-    "generate": {
+    True: {
         "f32": {"max_abs_diff": 1e-4, "min_top1_agreement": 1.0},
         "f16": {"mean_kl": 1e-3, "min_top1_agreement": 0.99},  # as for GGUF f16
+        "adapter": {"mean_kl": 1e-4, "min_top1_agreement": 0.99},
     },
 }
 
 
-def _auto_class(task: str):
+def _auto_class(source):
     import transformers
 
-    return transformers.AutoModelForCausalLM if task == "generate" else transformers.AutoModelForSequenceClassification
+    return getattr(transformers, source.loaded.task.model_class)
 
 
 def _write_model(source, model_dir: Path, out: Path, quantization: str) -> None:
@@ -46,7 +51,7 @@ def _write_model(source, model_dir: Path, out: Path, quantization: str) -> None:
             if f.is_file():
                 shutil.copy2(f, out / f.name)
         return
-    model = _auto_class(source.task).from_pretrained(str(model_dir), dtype=torch.float16)
+    model = _auto_class(source).from_pretrained(str(model_dir), dtype=torch.float16)
     model.save_pretrained(str(out), safe_serialization=True)
     source.loaded.tokenizer.save_pretrained(str(out))
     for f in model_dir.iterdir():  # anything the save did not write (generation config, templates)
@@ -56,7 +61,7 @@ def _write_model(source, model_dir: Path, out: Path, quantization: str) -> None:
 
 def _decoding_defaults(source, out: Path) -> None:
     """generation_config.json = how the run decodes: its answer length, greedy or sampling, stop tokens."""
-    g = source.info.get("generate") or {}
+    g = source.decoding
     tok = source.loaded.tokenizer
     f = out / "generation_config.json"
     cfg = json.loads(f.read_text()) if f.exists() else {}
@@ -113,7 +118,7 @@ def _classify_logits(source, model, rows_ids: list[list[int]]) -> torch.Tensor:
 
 
 def _compare(source, exported, inputs: list[list[int]]) -> dict:
-    if source.task == "classify":
+    if not source.loaded.task.causal_lm:
         return prediction_agreement(_classify_logits(source, source.loaded.model, inputs),
                                     _classify_logits(source, exported, inputs))
     agreement = LogitsAgreement()
@@ -123,7 +128,7 @@ def _compare(source, exported, inputs: list[list[int]]) -> dict:
 
 
 def _inputs(source, samples: int) -> tuple[list[list[int]], str]:
-    if source.task == "classify":  # every test row: a classifier is cheap to run
+    if not source.loaded.task.causal_lm:  # every test row: a classifier is cheap to run
         ids = source.sample_token_ids(10**9, max_tokens=source.loaded.max_length)
         return ids, f"all {len(ids)} test rows"
     ids = source.sample_token_ids(samples, max_tokens=256)
@@ -141,8 +146,7 @@ def _adapter_parity(source, out: Path, inputs) -> dict:
     base = loaded.task.load_model(base_path, loaded.recipe, loaded.tokenizer, loaded.labels)
     model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
     figures = _compare(source, model, inputs)
-    tolerance = TOLERANCE[source.task]["f32"] if source.task == "classify" else {"mean_kl": 1e-4,
-                                                                                  "min_top1_agreement": 0.99}
+    tolerance = TOLERANCE[loaded.task.causal_lm]["adapter"]
     figures.update(checked=True, tolerance=tolerance, passed=within(figures, tolerance))
     return figures
 
@@ -154,18 +158,18 @@ def export(source, out: Path, quantize: list[str], samples: int) -> dict:
     model_dir = source.require_merged("--format hf")
     print(f"Writing the merged model ({quantization}) ...", flush=True)
     _write_model(source, model_dir, out, quantization)
-    if source.task == "generate":
+    if source.loaded.task.causal_lm:
         _decoding_defaults(source, out)
     details = {"dtype": quantization}
     inputs, compared_on = _inputs(source, samples)
     print(f"Checking: plain Transformers from_pretrained vs the run's model on {compared_on} ...", flush=True)
-    exported = _auto_class(source.task).from_pretrained(str(out), dtype=torch.float32)
+    exported = _auto_class(source).from_pretrained(str(out), dtype=torch.float32)
     parity = {"model": _compare(source, exported, inputs)}
-    if source.task == "classify":
+    if source.loaded.labels:  # the label map travels in config.json
         labels = [exported.config.id2label[i] for i in range(exported.config.num_labels)]
         parity["model"]["label_map_matches"] = labels == source.loaded.labels
     del exported
-    tolerance = TOLERANCE[source.task][quantization]
+    tolerance = TOLERANCE[source.loaded.task.causal_lm][quantization]
     parity["model"].update(tolerance=tolerance, passed=within(parity["model"], tolerance)
                            and parity["model"].get("label_map_matches", True))
     files = sorted(f.name for f in out.iterdir() if f.is_file())

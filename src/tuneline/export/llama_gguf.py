@@ -23,6 +23,7 @@ import torch
 from ..errors import UserError
 from .compare import LogitsAgreement, causal_logits, within
 
+MODELS = "chat models"  # what the format is for, in the error for a task without it
 QUANTIZATIONS = ("f16", "q8_0")
 
 # Agreement the round trip must reach, per quantization. Bounds on the next-token distribution
@@ -132,26 +133,19 @@ def _adds(tokenizer) -> tuple[bool, bool]:
     return bos, eos
 
 
-def write_gguf(model, tokenizer, model_dir: Path, path: Path, quantization: str, name: str, pre: str) -> dict:
-    """Write one GGUF file; returns the tensor type counts."""
+def _add_hparams(w, config, name: str, file_type) -> None:
     import gguf
 
-    config = model.config
-    n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    n_head = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization]
-    matrix_type = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[quantization]
-
-    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
-    w.add_block_count(n_layers)
+    w.add_block_count(config.num_hidden_layers)
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
     w.add_feed_forward_length(config.intermediate_size)
     w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
+    w.add_head_count_kv(getattr(config, "num_key_value_heads", None) or n_head)
     w.add_rope_freq_base(float(_rope(config)["rope_theta"]))
     w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     w.add_key_length(head_dim)
@@ -160,12 +154,16 @@ def write_gguf(model, tokenizer, model_dir: Path, path: Path, quantization: str,
     w.add_vocab_size(config.vocab_size)
     w.add_rope_dimension_count(head_dim)
 
-    tokens, types = _vocab(tokenizer, config.vocab_size)
+
+def _add_tokenizer(w, tokenizer, model_dir: Path, pre: str, vocab_size: int) -> None:
+    import gguf
+
+    tokens, types = _vocab(tokenizer, vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=config.vocab_size)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
     if not special.merges:
         raise UserError(f"{model_dir}/tokenizer.json: no BPE merges found; cannot describe this tokenizer in GGUF")
     add_bos, add_eos = _adds(tokenizer)
@@ -173,9 +171,17 @@ def write_gguf(model, tokenizer, model_dir: Path, path: Path, quantization: str,
     if tokenizer.chat_template and not special.chat_template:
         special.chat_template = tokenizer.chat_template
     special.add_to_gguf(w, quiet=True)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+
+def _add_tensors(w, model, matrix_type) -> dict[str, int]:
+    """Every weight under its GGUF name (q/k rows interleaved), matrices as `matrix_type`; returns
+    the tensor type counts."""
+    import gguf
+
+    config = model.config
+    n_head = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     counts: dict[str, int] = {}
     for hf_name, tensor in model.state_dict().items():
@@ -199,6 +205,20 @@ def write_gguf(model, tokenizer, model_dir: Path, path: Path, quantization: str,
             data = gguf.quants.quantize(data, qtype)
         w.add_tensor(new_name, data, raw_dtype=qtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
+    return counts
+
+
+def write_gguf(model, tokenizer, model_dir: Path, path: Path, quantization: str, name: str, pre: str) -> dict:
+    """Write one GGUF file; returns the tensor type counts."""
+    import gguf
+
+    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization]
+    matrix_type = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[quantization]
+    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    _add_hparams(w, model.config, name, file_type)
+    _add_tokenizer(w, tokenizer, model_dir, pre, model.config.vocab_size)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    counts = _add_tensors(w, model, matrix_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -246,15 +266,11 @@ def dtype_counts_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
-
 def export(source, out: Path, quantize: list[str], samples: int) -> dict:
     """model-<q>.gguf per quantization (the first is the Modelfile's), each proved by a round trip."""
     from ..runs import atomic_write_text
     from .ollama import modelfile
 
-    if source.task != "generate":
-        raise UserError(f"{source.path}: --format gguf is for chat models (task generate); this run is "
-                        f"{source.task}. Use --format onnx or hf")
     model_dir = source.require_merged("--format gguf")
     model, tok = source.loaded.model, source.loaded.tokenizer
     pre = check_exportable(model.config, model_dir)
@@ -268,7 +284,7 @@ def export(source, out: Path, quantize: list[str], samples: int) -> dict:
               f"conversations ...", flush=True)
         parity[name] = verify(out / name, q, model, tok, sample_ids)
         files.append(name)
-    atomic_write_text(out / "Modelfile", modelfile(files[0], tok, source.info.get("generate") or {}, str(source.path)))
+    atomic_write_text(out / "Modelfile", modelfile(files[0], tok, source.decoding, str(source.path)))
     files.append("Modelfile")
     return {"files": files, "parity": parity,
             "details": {"tokenizer_pre": pre, "tensor_types": {q: dtype_counts_line(c) for q, c in tensors.items()},

@@ -37,6 +37,11 @@ class Source:
         return self.info["task"]
 
     @property
+    def decoding(self) -> dict:
+        """The run's own options section (a chat task's decoding: answer length, system prompt...)."""
+        return task_options(self.loaded.task, self.info)
+
+    @property
     def model_dir(self) -> Path | None:
         return self.path / self.info["model_dir"] if self.info.get("model_dir") else None
 
@@ -83,3 +88,8 @@ class Source:
 
 def open_source(run: str | Path) -> Source:
     return Source(load_run(run))
+
+
+def task_options(task, info: dict) -> dict:
+    """A task's options section as the run's tuneline.json keeps it; {} for a task without one."""
+    return (info.get(task.options_section) or {}) if task.options_section else {}

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from .tables import HEADLINE, _fmt
+from .page import STYLE, read_json
+from .tables import cell
 from ..errors import UserError
-from .report import STYLE, read_json
 from ..runs import RunDir, atomic_write_text
+from ..tasks import get_task
 from ..training.trackers import flatten
 
 
@@ -29,16 +30,17 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
     for k in keys:
         vals = [r.get(k) for _, r, _, _ in runs]
         if len({repr(v) for v in vals}) > 1:
-            rows.append((f"recipe {k}", [f"{v:g}" if isinstance(v, float) else _fmt(v) for v in vals]))  # 5e-05, not 0.0001
-    for k in [k for t in sorted(t for t in tasks if t) for k in HEADLINE.get(t, ())]:
-        rows.append((f"test {k} (tuned)", [_fmt(e.get("tuned", {}).get(k)) for *_, e in runs]))
-        rows.append((f"test {k} (baseline)", [_fmt(e.get("baseline", {}).get(k)) for *_, e in runs]))
+            rows.append((f"recipe {k}", [f"{v:g}" if isinstance(v, float) else cell(v) for v in vals]))  # 5e-05, not 0.0001
+    # each headline metric once, though runs of two tasks both have a loss
+    for k in dict.fromkeys(k for t in sorted(t for t in tasks if t) for k in get_task(t).headline_metrics):
+        rows.append((f"test {k} (tuned)", [cell(e.get("tuned", {}).get(k)) for *_, e in runs]))
+        rows.append((f"test {k} (baseline)", [cell(e.get("baseline", {}).get(k)) for *_, e in runs]))
     rows.append(("forgetting (ppl change)", [
         f"{100 * e['forgetting']['relative_change']:+.1f} %" if (e.get("forgetting") or {}).get("measured") else "-"
         for *_, e in runs]))
     rows.append(("status", [str(m.get("status")) for _, _, m, _ in runs]))
-    rows.append(("wall seconds", [_fmt(m.get("wall_seconds")) for _, _, m, _ in runs]))
-    rows.append(("trained tokens/s", [_fmt(m.get("tokens_per_second")) for _, _, m, _ in runs]))
+    rows.append(("wall seconds", [cell(m.get("wall_seconds")) for _, _, m, _ in runs]))
+    rows.append(("trained tokens/s", [cell(m.get("tokens_per_second")) for _, _, m, _ in runs]))
     return [str(run.path) for run, *_ in runs], rows
 
 

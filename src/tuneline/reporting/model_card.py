@@ -1,5 +1,5 @@
 """MODEL_CARD.md in the Hugging Face model-card layout (YAML metadata, then the usual sections),
-filled from the run folder's files."""
+filled from the run folder's files; what differs by task is asked of the task."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ import json
 
 import yaml
 
-from .tables import HEADLINE, _fmt
-from .report import read_json
+from .page import read_json
+from .tables import cell, headline_keys
 from ..runs import RunDir, atomic_write_text
+from ..tasks import Task, get_task
 
-PIPELINE_TAG = {"classify": "text-classification", "generate": "text-generation"}
 
-
-def _metric_table(result: dict) -> str:
-    keys = [k for k in HEADLINE.get(result["task"], ()) if k in result["tuned"]]
+def metric_table(result: dict) -> str:
+    """Markdown: the task's headline test metrics, tuned against the baseline (and zero-shot)."""
     base = result["baseline"].get("kind", "baseline").replace("_", " ")
     lines = [f"| metric | tuned | baseline ({base}) | difference |", "| --- | --- | --- | --- |"]
-    for k in keys:
+    for k in headline_keys(result):
         d = result.get("difference", {}).get(k)
-        lines.append(f"| {k} | {_fmt(result['tuned'].get(k))} | {_fmt(result['baseline'].get(k))} | "
+        lines.append(f"| {k} | {cell(result['tuned'].get(k))} | {cell(result['baseline'].get(k))} | "
                      f"{'-' if d is None else f'{d:+.4f}'} |")
     zs = result.get("zero_shot")
     if zs:
@@ -50,69 +49,81 @@ def _bias_lines(result: dict) -> list[str]:
     return out
 
 
-def model_card(run: RunDir) -> str:
-    manifest = run.read_manifest()
-    info = read_json(run.info_file, {})
-    result = read_json(run.eval_file)
-    recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.exists() else {}
-    task = manifest.get("task", info.get("task"))
+def _front_matter(run: RunDir, task: Task, manifest: dict, info: dict) -> list[str]:
     meta = {"library_name": "transformers", "base_model": str(manifest.get("model")),
-            "pipeline_tag": PIPELINE_TAG.get(task), "tags": ["tuneline", task, manifest.get("method")]}
+            "pipeline_tag": task.pipeline_tag or None, "tags": ["tuneline", task.name or None, manifest.get("method")]}
     if info.get("adapter_dir"):
         meta["tags"].append("peft")
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
-             f"# {run.path.name}", "",
-             f"A `{task}` model fine-tuned from `{manifest.get('model')}` with tuneline "
-             f"(method `{manifest.get('method')}`).", ""]
-    lines += ["## Intended use", ""]
-    if task == "classify":
-        labels = ", ".join(f"`{l}`" for l in info.get("labels") or [])
-        lines.append(f"Assigns one of these labels to a text: {labels}. Use it on text like the training data; "
-                     "it has not been tested on other domains or languages.")
-    else:
-        lines.append("Answers conversations in the style of its training chats. It can state wrong facts "
-                     "fluently: keep a human in the loop where answers matter.")
-    lines += ["", "## Training data", ""]
-    data = manifest.get("data", {})
-    for split, d in data.items():
+    return ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+            f"# {run.path.name}", "",
+            f"A `{task.name or None}` model fine-tuned from `{manifest.get('model')}` with tuneline "
+            f"(method `{manifest.get('method')}`).", "",
+            "## Intended use", "", task.intended_use(info)]
+
+
+def _training_lines(run: RunDir, manifest: dict) -> list[str]:
+    lines = ["", "## Training data", ""]
+    for split, d in manifest.get("data", {}).items():
         lines.append(f"- {split}: `{d.get('path')}` (sha256 `{str(d.get('sha256', ''))[:12]}`)")
     lines.append(f"- rows used: {json.dumps(manifest.get('rows', {}))}")
     audit = read_json(run.path / "audit.json")
     if audit:
         found = [f"{f['check']} ({f['severity']}, {f['count']})" for f in audit.get("findings", [])]
         lines.append(f"- data audit: {', '.join(found) if found else 'no findings'}")
-    t = recipe.get("train", {})
-    lines += ["", "## Training procedure", "",
-              f"- method `{manifest.get('method')}`, {manifest.get('steps')} optimizer steps "
-              f"(best at {manifest.get('best_step')}), lr {t.get('lr')}, batch {t.get('batch_size')} x "
-              f"{t.get('grad_accum')} accumulation, max length {t.get('max_length')}, precision {manifest.get('precision')}",
-              f"- trainable parameters {manifest.get('parameters', {}).get('trainable', 0):,} of "
-              f"{manifest.get('parameters', {}).get('total', 0):,}",
-              f"- wall time {manifest.get('wall_seconds')} s on {json.dumps(manifest.get('hardware', {}))}",
-              "", "## Evaluation", ""]
-    if result:
-        lines.append(f"On {result.get('n')} held-out test rows:")
-        lines += ["", _metric_table(result), ""]
-        f = result.get("forgetting") or {}
-        if f.get("measured"):
-            lines.append(f"Forgetting: perplexity on general text ({f['reference']}) went from "
-                         f"{f['base_perplexity']:.3f} to {f['tuned_perplexity']:.3f} "
-                         f"({100 * f['relative_change']:+.1f} %).")
-        elif f:
-            lines.append(f"Forgetting: not measured ({f.get('reason')}).")
+    recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.exists() else {}
+    t, params = recipe.get("train", {}), manifest.get("parameters", {})
+    return lines + [
+        "", "## Training procedure", "",
+        f"- method `{manifest.get('method')}`, {manifest.get('steps')} optimizer steps "
+        f"(best at {manifest.get('best_step')}), lr {t.get('lr')}, batch {t.get('batch_size')} x "
+        f"{t.get('grad_accum')} accumulation, max length {t.get('max_length')}, precision {manifest.get('precision')}",
+        f"- trainable parameters {params.get('trainable', 0):,} of {params.get('total', 0):,}",
+        f"- wall time {manifest.get('wall_seconds')} s on {json.dumps(manifest.get('hardware', {}))}"]
+
+
+def _evaluation_lines(result: dict | None) -> list[str]:
+    lines = ["", "## Evaluation", ""]
+    if not result:
+        return lines + ["No evaluation recorded."]
+    lines += [f"On {result.get('n')} held-out test rows:", "", metric_table(result), ""]
+    f = result.get("forgetting") or {}
+    if f.get("measured"):
+        lines.append(f"Forgetting: perplexity on general text ({f['reference']}) went from "
+                     f"{f['base_perplexity']:.3f} to {f['tuned_perplexity']:.3f} "
+                     f"({100 * f['relative_change']:+.1f} %).")
+    elif f:
+        lines.append(f"Forgetting: not measured ({f.get('reason')}).")
+    return lines
+
+
+def _usage_lines(run: RunDir, task: Task) -> list[str]:
+    """A chat model answers through tuneline (its template, its decoding options); a model with a
+    Hugging Face pipeline loads with plain Transformers; anything else through tuneline."""
+    load = ["import tuneline", "", f"run = tuneline.load_run('{run.path.name}')"]
+    if "chat" in task.serves:
+        code = load + ["print(run.generate([{'role': 'user', 'content': 'Hello!'}]))"]
+    elif task.pipeline_tag:
+        code = ["from transformers import pipeline", "",
+                f"pipe = pipeline('{task.pipeline_tag}', model='{run.path.name}/model')",
+                "print(pipe('an example text'))"]
     else:
-        lines.append("No evaluation recorded.")
-    lines += ["", "## Bias, risks and limitations", ""]
-    lines += _bias_lines(result or {})
-    lines.append("- The test rows come from the same source as the training rows; real traffic may differ.")
-    lines += ["", "## How to use", "", "```python"]
-    if task == "classify":
-        lines += ["from transformers import pipeline", "", f"clf = pipeline('text-classification', model='{run.path.name}/model')",
-                  "print(clf('an example text'))"]
-    else:
-        lines += ["import tuneline", "", f"run = tuneline.load_run('{run.path.name}')",
-                  "print(run.generate([{'role': 'user', 'content': 'Hello!'}]))"]
-    lines += ["```", "", "The full report with plots is `report.html` in the run folder.", ""]
+        code = load + ["print(run.predict(['an example text']))"]
+    return ["", "## How to use", "", "```python", *code, "```", "",
+            "The full report with plots is `report.html` in the run folder.", ""]
+
+
+def model_card(run: RunDir) -> str:
+    manifest = run.read_manifest()
+    info = read_json(run.info_file, {})
+    result = read_json(run.eval_file)
+    name = manifest.get("task", info.get("task"))
+    task = get_task(name) if name else Task()
+    lines = _front_matter(run, task, manifest, info)
+    lines += _training_lines(run, manifest)
+    lines += _evaluation_lines(result)
+    lines += ["", "## Bias, risks and limitations", "", *_bias_lines(result or {}),
+              "- The test rows come from the same source as the training rows; real traffic may differ."]
+    lines += _usage_lines(run, task)
     return "\n".join(lines)
 
 

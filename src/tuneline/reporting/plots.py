@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 
+from ..evaluation.direction import lower_is_better
+
 
 def _plt():
     import matplotlib
@@ -43,7 +45,7 @@ def loss_plot(metrics: list[dict]) -> str | None:
 
 def eval_curves_plot(metrics: list[dict], names: tuple[str, ...]) -> str | None:
     evals = [m for m in metrics if m.get("type") == "eval"]
-    keys = [k for k in names if k not in ("loss", "perplexity") and any(k in m for m in evals)]
+    keys = [k for k in names if not lower_is_better(k) and any(k in m for m in evals)]
     if not evals or not keys:
         return None
     plt = _plt()

@@ -4,72 +4,32 @@ rebuilds it at any time."""
 
 from __future__ import annotations
 
-import html
 import json
 
 from . import plots
-from .tables import HEADLINE, _fmt
+from .page import LOWER_IS_BETTER, NOT_A_SCORE, STYLE, esc, img, read_json, signed
+from .sections import SECTIONS
+from .tables import cell, headline_keys
 from ..runs import RunDir, atomic_write_text
-
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1020px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:.6em 0 1.2em}td,th{border:1px solid #ccc;padding:4px 10px;"
-         "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}.muted{color:#777}"
-         ".good{color:#11703a}.bad{color:#b42318}.box{background:#f7f7f9;border-left:4px solid #4a6ee0;"
-         "padding:.6em 1em;margin:1em 0}pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:13px}"
-         "nav a{margin-right:.8em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
-
-LOWER_IS_BETTER = {"loss", "perplexity"}
-NOT_A_SCORE = {"length_ratio"}  # best near 1: neither direction is better
-
-
-def esc(x) -> str:
-    return html.escape(str(x))
-
-
-def img(b64: str | None, alt: str, style: str = "") -> str:
-    if not b64:
-        return ""
-    return f"<img alt='{esc(alt)}' style='{style}' src='data:image/png;base64,{b64}'>"
-
-
-def signed(v, metric: str) -> str:
-    if not isinstance(v, (int, float)):
-        return "-"
-    better = (v < 0) if metric in LOWER_IS_BETTER else (v > 0)
-    cls = "muted" if metric in NOT_A_SCORE or v == 0 else ("good" if better else "bad")
-    return f"<span class='{cls}'>{v:+.4f}</span>"
-
-
-def read_json(path, default=None):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
-
-
-def read_jsonl(path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
+from ..tasks import Task, get_task
 
 
 def headline(result: dict) -> str:
-    task = result["task"]
-    key = "accuracy" if task == "classify" else "chrf"
+    """The verdict: the task's key metric, tuned against the baseline."""
+    key = get_task(result["task"]).key_metric
     t, b = result["tuned"].get(key), result["baseline"].get(key)
     if not isinstance(t, (int, float)) or not isinstance(b, (int, float)):
         return ""
     base = result["baseline"].get("kind", "baseline").replace("_", " ")
-    verdict = "better than" if t > b else ("equal to" if t == b else "worse than")
+    better = t < b if key in LOWER_IS_BETTER else t > b
+    verdict = "equal to" if t == b else ("better than" if better else "worse than")
     return (f"<div class='box'>Tuned model: <b>{key} {t:.4f}</b> on {result.get('n')} test rows, "
             f"{verdict} the baseline ({base}) at {b:.4f} ({signed(t - b, key)}).</div>")
 
 
 def metrics_section(result: dict) -> list[str]:
-    task = result["task"]
     tuned, base, zs = result["tuned"], result["baseline"], result.get("zero_shot")
-    keys = [k for k in HEADLINE.get(task, ()) if k in tuned or k in base]
+    keys = headline_keys(result)
     cols = [("tuned", tuned), (f"baseline: {base.get('kind', 'base model').replace('_', ' ')}", base)]
     if zs:
         cols.append(("baseline: zero-shot base model", zs))
@@ -78,7 +38,7 @@ def metrics_section(result: dict) -> list[str]:
            + "<th>tuned - baseline</th>" + ("<th>tuned - zero-shot</th>" if zs else "") + "</tr>"]
     diff, dzs = result.get("difference", {}), result.get("difference_zero_shot", {})
     for k in keys:
-        row = f"<tr><td>{k}</td>" + "".join(f"<td>{_fmt(d.get(k))}</td>" for _, d in cols)
+        row = f"<tr><td>{k}</td>" + "".join(f"<td>{cell(d.get(k))}</td>" for _, d in cols)
         row += f"<td>{signed(diff.get(k), k)}</td>" + (f"<td>{signed(dzs.get(k), k)}</td>" if zs else "")
         out.append(row + "</tr>")
     out.append("</table>")
@@ -109,16 +69,14 @@ def forgetting_section(result: dict) -> list[str]:
     return out
 
 
-def curves_section(run: RunDir, task: str) -> list[str]:
-    from ..tasks import get_task
-
+def curves_section(run: RunDir, task: Task) -> list[str]:
     metrics = run.read_metrics()
     out = ["<h2 id='curves'>Training curves</h2>"]
     loss = plots.loss_plot(metrics)
     if not loss:
         return out + ["<p class='muted'>No metrics logged.</p>"]
     out.append(img(loss, "loss curves"))
-    out.append(img(plots.eval_curves_plot(metrics, get_task(task).metric_names), "validation curves"))
+    out.append(img(plots.eval_curves_plot(metrics, task.metric_names), "validation curves"))
     out.append(img(plots.lr_plot(metrics), "learning-rate schedule"))
     return out
 
@@ -136,55 +94,6 @@ def diagnostics_section(run: RunDir) -> list[str]:
     return out + ["</table>"]
 
 
-def classify_sections(result: dict) -> list[str]:
-    tuned, labels = result["tuned"], result.get("labels") or []
-    out = []
-    per_class = tuned.get("per_class")
-    if per_class:
-        out.append("<h2 id='per-class'>Per class (tuned)</h2><table><tr><th>label</th><th>precision</th>"
-                   "<th>recall</th><th>F1</th><th>support</th></tr>")
-        for lab, v in per_class.items():
-            out.append(f"<tr><td>{esc(lab)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
-                       f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>")
-        out.append("</table>")
-    out.append("<h2 id='confusion'>Confusion matrices (test)</h2><div>")
-    for key, title in (("tuned", "tuned model"), ("baseline", "baseline"), ("zero_shot", "zero-shot base model")):
-        cm = (result.get(key) or {}).get("confusion")
-        if cm:
-            out.append(img(plots.confusion_plot(cm, labels, title), f"confusion {key}", "max-width:32%"))
-    out.append("</div>")
-    cal = tuned.get("calibration")
-    if cal:
-        out.append(f"<h2 id='calibration'>Calibration</h2><p>Expected calibration error <b>{cal['ece']:.4f}</b> "
-                   f"(mean confidence {cal['mean_confidence']:.3f}, accuracy {cal['accuracy']:.3f}; "
-                   f"{cal['n_bins']} equal-width bins). 0 means the confidence can be read as a probability.</p>")
-        out.append(img(plots.reliability_plot(cal), "reliability diagram"))
-    errors = result.get("most_confident_errors")
-    if errors is not None:
-        out.append("<h2 id='errors'>Most confident errors</h2>")
-        if not errors:
-            out.append("<p>No test row was misclassified.</p>")
-        else:
-            out.append("<table><tr><th>where</th><th>text</th><th>true</th><th>predicted</th><th>confidence</th></tr>")
-            for e in errors:
-                out.append(f"<tr><td>{esc(e['where'].rsplit('/', 1)[-1])}</td><td>{esc(e['text'])}</td>"
-                           f"<td>{esc(e['label'])}</td><td>{esc(e['pred'])}</td><td>{e['confidence']:.3f}</td></tr>")
-            out.append("</table>")
-    return out
-
-
-def samples_section(result: dict, predictions: list[dict]) -> list[str]:
-    rows = predictions[:10] if predictions else result["tuned"].get("samples") or []
-    if not rows:
-        return []
-    out = ["<h2 id='samples'>Sample generations</h2><table><tr><th>prompt</th><th>reference</th>"
-           "<th>tuned</th><th>base model</th></tr>"]
-    for s in rows:
-        out.append("<tr>" + "".join(f"<td>{esc(s.get(k, ''))}</td>" for k in ("prompt", "reference", "tuned", "baseline"))
-                   + "</tr>")
-    return out + ["</table>"]
-
-
 def slices_section(result: dict) -> list[str]:
     slices = result.get("slices") or []
     if not slices:
@@ -198,7 +107,7 @@ def slices_section(result: dict) -> list[str]:
                    f"compared).</p><table><tr><th>{esc(s['column'])}</th><th>rows</th><th>{m}</th></tr>")
         for r in s["slices"]:
             v = r.get(m)
-            out.append(f"<tr><td>{esc(r['value'])}</td><td>{r['n']}</td><td>{_fmt(v)}</td></tr>")
+            out.append(f"<tr><td>{esc(r['value'])}</td><td>{r['n']}</td><td>{cell(v)}</td></tr>")
         out.append("</table>")
         if s.get("omitted_values"):
             out.append(f"<p class='muted'>{s['omitted_values']} rarer values not shown.</p>")
@@ -283,13 +192,13 @@ def write_report(run: RunDir | str, extra_sections: tuple[str, ...] = ()) -> Non
     if result:
         parts += metrics_section(result)
         parts += forgetting_section(result)
-    parts += curves_section(run, manifest.get("task", "classify"))
+    # a run that failed before it wrote its task gets the sections every task has
+    task = get_task(manifest["task"]) if manifest.get("task") else Task()
+    parts += curves_section(run, task)
     parts += diagnostics_section(run)
     if result:
-        if result["task"] == "classify":
-            parts += classify_sections(result)
-        else:
-            parts += samples_section(result, read_jsonl(run.path / "predictions.jsonl"))
+        for name in task.report_sections:
+            parts += SECTIONS[name](result, run)
         parts += slices_section(result)
         parts += counterfactual_section(result)
     parts.extend(extra_sections)

@@ -1,14 +1,13 @@
-"""Plain-text tables for the terminal."""
+"""Plain-text tables for the terminal, and what every table of test metrics shares: which
+metrics it shows (the task's headline metrics) and how a value is written."""
 
 from __future__ import annotations
 
-HEADLINE = {
-    "classify": ("accuracy", "macro_f1", "loss"),
-    "generate": ("loss", "perplexity", "exact_match", "bleu", "chrf", "chrf_per_answer", "rougeL", "length_ratio"),
-}
+from ..tasks import get_task
 
 
-def _fmt(v) -> str:
+def cell(v) -> str:
+    """A metric or setting as a table cell: floats to 4 places, a missing value as '-'."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -16,14 +15,17 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def headline_keys(result: dict) -> list[str]:
+    """The task's headline metrics that the eval.json object `result` holds, tuned or baseline."""
+    tuned, base = result.get("tuned", {}), result.get("baseline", {})
+    return [k for k in get_task(result["task"]).headline_metrics if k in tuned or k in base]
+
+
 def metrics_table(result: dict) -> str:
-    keys = HEADLINE.get(result.get("task"), ())
     tuned, base = result.get("tuned", {}), result.get("baseline", {})
     base_name = base.get("kind", "baseline").replace("_", " ")
     rows = [("metric", "tuned", f"baseline ({base_name})")]
-    for k in keys:
-        if k in tuned or k in base:
-            rows.append((k, _fmt(tuned.get(k)), _fmt(base.get(k))))
+    rows += [(k, cell(tuned.get(k)), cell(base.get(k))) for k in headline_keys(result)]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"Test metrics on {result.get('n', '?')} rows ({result.get('split', 'test')}):"]
     for i, r in enumerate(rows):

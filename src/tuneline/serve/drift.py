@@ -1,4 +1,4 @@
-"""Drift: are the live inputs still like the training data, and (classify) are the answers?
+"""Drift: are the live inputs still like the training data, and (a classifier's) the answers?
 
 The reference is built once per served version from its training rows (and, for a
 classifier, its predictions on the test rows) and cached in the version's folder as
@@ -8,8 +8,8 @@ classifier, its predictions on the test rows) and cached in the version's folder
   plus "other"): population stability index (PSI);
 - embedding centroid: cosine distance between the mean input-embedding vector of the live
   texts and of the training texts (the model's own input embeddings, no extra forward pass);
-- classify: predicted-label distribution against the training labels (PSI), and the mean
-  confidence against the test set's.
+- where the task has classes (the training rows have labels): predicted-label distribution
+  against the training labels (PSI), and the mean confidence against the test set's.
 
 Thresholds come from the recipe's `drift:` section. PSI is a ten-line formula; no
 well-kept library offers it on its own, so it is written here.
@@ -87,18 +87,13 @@ def _tokens(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 
 def reference_texts(run) -> tuple[list[str], list[str] | None, list[str]]:
-    """(training inputs, training labels or None, test inputs) of a loaded run."""
+    """(training inputs, training labels or None where the task has no classes, test inputs) of a loaded run."""
     from ..data.io import read_rows
 
     manifest = run.run.read_manifest()
-    train_path = Path(manifest["data"]["train"]["path"])
-    train = read_rows(train_path)
-    test = read_rows(run.test_data_path())
-    if run.info["task"] == "classify":
-        texts, labels = run.task.extract(train, run.recipe)
-        return texts, labels, run.task.extract(test, run.recipe)[0]
-    last_user = lambda convs: [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user") for c in convs]
-    return last_user(run.task.conversations(train, run.recipe)), None, last_user(run.task.conversations(test, run.recipe))
+    train = read_rows(Path(manifest["data"]["train"]["path"]))
+    texts, labels = run.task.input_texts(train, run.recipe)
+    return texts, labels, run.task.input_texts(read_rows(run.test_data_path()), run.recipe)[0]
 
 
 def build_reference(run, version: str) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria
 
+from ..errors import UserError
 from ..inference import LoadedRun, load_run
 
 
@@ -36,6 +37,10 @@ class Version:
     def task(self) -> str:
         return self.run.info["task"]
 
+    @property
+    def serves(self) -> tuple[str, ...]:
+        return self.run.task.serves
+
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """OpenAI semantics: the answer ends before the first stop string, which is not returned."""
@@ -54,8 +59,10 @@ class ServedModel:
     @staticmethod
     def _load(version_id: str, path: str | Path) -> Version:
         run = load_run(path)  # predict and generate run under torch.no_grad themselves
-        if run.info["task"] == "generate":
-            from ..tasks.generate import ensure_chat_template
+        if not run.task.serves:
+            raise UserError(f"{path}: a {run.task.name} run has nothing to serve (its task serves no endpoint)")
+        if "chat" in run.task.serves:  # set once at load, not by a request on a shared tokenizer
+            from ..data.chat import ensure_chat_template
 
             ensure_chat_template(run.tokenizer)
         return Version(version_id, Path(path), run)
@@ -67,11 +74,17 @@ class ServedModel:
             old, self.current = self.current, new
         return old
 
+    def run_batch(self, key, items: list) -> tuple[list[dict], str]:
+        """The micro-batcher's job: key "classify" labels texts, GenOptions answer conversations."""
+        if key == "classify":
+            return self.classify(items)
+        return self.generate(key, items)
+
     # -- classify ----------------------------------------------------------------
     def classify(self, texts: list[str]) -> tuple[list[dict], str]:
         v = self.current
         run = v.run
-        if v.task != "classify":
+        if "classify" not in v.serves:
             raise ValueError("not a classifier")
         lengths = [len(x) for x in run.tokenizer(texts, truncation=True, max_length=run.max_length)["input_ids"]]
         preds = run.predict(texts, batch_size=max(1, len(texts)))
@@ -117,7 +130,7 @@ class ServedModel:
         return out, v.id
 
     def _with_system(self, run: LoadedRun, conv: list[dict]) -> list[dict]:
-        from ..tasks.generate import with_system
+        from ..data.chat import with_system
 
         return with_system(conv, run.recipe.generate.system_prompt)
 

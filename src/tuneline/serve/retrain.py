@@ -8,7 +8,8 @@ against the serving champion on the same rows, promoted only if it wins.
    input a correction names is replaced by it. It is written as plain JSONL and trained with
    the same recipe through `pipeline.train`, so it is audited like any data.
 3. Champion and challenger answer the same rows: the original test set plus the held-out
-   corrections. Per row a score (classify: correct 0/1; generate: sentence chrF / 100), and:
+   corrections. Per row a score (the task's `row_scores`: a classifier's correct 0/1, a
+   generator's sentence chrF / 100), and:
    promote only if the challenger's mean is higher by `retrain.margin`, a one-sided sign
    test over the rows where they differ gives p <= `retrain.max_p_value` (noise that moves a
    few rows by chance does not pass), and the original test set alone does not drop by more
@@ -26,6 +27,7 @@ from ..data.io import read_rows, write_jsonl
 from ..errors import UserError
 from ..recipe import recipe_from_dict
 from ..runs import RunDir, atomic_write_json
+from ..tasks.base import Task
 from .registry import Registry
 from .store import Store, default_db_url
 
@@ -34,40 +36,33 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def corrections(store: Store, task: str) -> tuple[list[dict], int]:
-    """Corrected feedback as training rows ({"text","label"} or {"messages"}), the latest per
-    input; and how many corrections could not be used because their input was not stored."""
+def corrections(store: Store, task: Task) -> tuple[list[dict], int]:
+    """Corrected feedback as the task's plain rows, the latest per input; and how many corrections
+    could not be used because their input was not stored."""
     latest: dict[str, dict] = {}
     hidden = 0
     for fb in reversed(store.feedback_rows()):  # oldest first: later feedback overwrites
-        fix = fb["corrected_label"] if task == "classify" else fb["corrected_answer"]
+        fix = task.correction(fb)
         if not fix:
             continue
         if fb["input"] is None:
             hidden += 1
             continue
-        inputs = json.loads(fb["input"])
-        if fb["endpoint"] == "/v1/chat/completions":
-            conv = [m for m in inputs if m["role"] != "system"] if task == "classify" else inputs
-            text = conv[-1]["content"]
-        else:
-            conv = None
-            text = inputs[fb["item"]] if fb["item"] < len(inputs) else inputs[0]
-        if task == "classify":
-            latest[_norm(text)] = {"text": text, "label": fix}
-        else:
-            msgs = conv if conv is not None else [{"role": "user", "content": text}]
-            latest[_norm(json.dumps(msgs))] = {"messages": msgs + [{"role": "assistant", "content": fix}]}
+        record = task.feedback_record(_conversation(fb), fix)
+        latest[_norm(task.plain_input(record))] = record
     return list(latest.values()), hidden
 
 
-def _key(row: dict) -> str:
-    if "text" in row:
-        return _norm(row["text"])
-    return _norm(json.dumps(row["messages"][:-1]))
+def _conversation(fb: dict) -> list[dict]:
+    """The conversation a feedback row's request carried: a chat's messages, else its text (the
+    input the feedback names) as one user turn."""
+    inputs = json.loads(fb["input"])
+    if fb["endpoint"] == "/v1/chat/completions":
+        return inputs
+    return [{"role": "user", "content": inputs[fb["item"]] if fb["item"] < len(inputs) else inputs[0]}]
 
 
-def _original_rows(root: RunDir, recipe, task) -> tuple[list[dict], Path, Path | None]:
+def _original_rows(root: RunDir, recipe, task: Task) -> tuple[list[dict], Path, Path | None]:
     """The run's training rows in the plain format, minus the rows it held out; the test file;
     the validation file (None: split from train again)."""
     manifest = root.read_manifest()
@@ -89,14 +84,7 @@ def _original_rows(root: RunDir, recipe, task) -> tuple[list[dict], Path, Path |
                         "champion and challenger on them")
     keep = [i for i, r in enumerate(train.records) if json.dumps(r, sort_keys=True) not in held_records]
     train = train.subset(keep)
-    return _plain(train, recipe, task), paths["test"], paths.get("validation")
-
-
-def _plain(rows, recipe, task) -> list[dict]:
-    if task.name == "classify":
-        texts, labels = task.extract(rows, recipe)
-        return [{"text": t, "label": l} for t, l in zip(texts, labels)]
-    return [{"messages": m} for m in task.conversations(rows, recipe)]
+    return task.plain_rows(train, recipe), paths["test"], paths.get("validation")
 
 
 def _split_feedback(rows: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -104,17 +92,6 @@ def _split_feedback(rows: list[dict], share: float, seed: int) -> tuple[list[dic
     random.Random(seed).shuffle(rows)
     n_eval = min(max(1, round(len(rows) * share)), len(rows) - 1)
     return rows[n_eval:], rows[:n_eval]
-
-
-def row_scores(run, rows: list[dict], metric: str) -> list[float]:
-    """Per-row score of a loaded run on plain rows: correct 0/1, or sentence chrF / 100."""
-    if metric == "accuracy":
-        preds = run.predict([r["text"] for r in rows])
-        return [float(p["label"] == r["label"]) for p, r in zip(preds, rows)]
-    import sacrebleu
-
-    answers = run.generate([r["messages"][:-1] for r in rows])
-    return [sacrebleu.sentence_chrf(a, [r["messages"][-1]["content"]]).score / 100 for a, r in zip(answers, rows)]
 
 
 def sign_test(champion: list[float], challenger: list[float]) -> tuple[int, int, float]:
@@ -158,42 +135,72 @@ def decide(opts, champ_test, chal_test, champ_fb, chal_fb) -> dict:
 
 def retrain(run_dir: str | Path, db_url: str | None = None, overrides: list[str] | None = None,
             promote: bool = True, force: bool = False) -> dict:
+    registry = Registry(run_dir)
+    recipe, task = _recipe(registry, overrides)
+    metric = recipe.retrain.metric or task.key_metric
+    if metric != task.key_metric:
+        raise UserError(f"retrain.metric: {metric} does not apply to a {task.name} run; use {task.key_metric} "
+                        "(the default)")
+    fb_train, fb_eval = _split_feedback(_read_corrections(registry, db_url, task, recipe.retrain.min_feedback),
+                                        recipe.retrain.feedback_eval_share, recipe.train.seed)
+    champion_id, vid = registry.champion, registry.next_id()
+    out, test_path = _train_challenger(registry, vid, recipe, task, fb_train, fb_eval, force)
+    registry.add(vid, out, parent=champion_id, feedback_train=len(fb_train), feedback_eval=len(fb_eval))
+
+    test_rows = task.plain_rows(read_rows(test_path), recipe)[:task.max_eval_rows(recipe)]  # as in its own eval
+    scores = {}
+    for name, path in (("champion", registry.path_of(champion_id)), ("challenger", out)):
+        scores[name] = _scores(task, path, test_rows, fb_eval)
+    d = decide(recipe.retrain, scores["champion"][0], scores["challenger"][0], scores["champion"][1],
+               scores["challenger"][1])
+    d.update(metric=metric, champion_id=champion_id, challenger_id=vid, test_rows=len(test_rows),
+             feedback_eval_rows=len(fb_eval), feedback_train_rows=len(fb_train), time=time.time())
+    d["promoted"] = d["wins"] and promote
+    atomic_write_json(out / "retrain.json", d)
+    _record_decision(registry, vid, d)
+    print(format_decision(d))
+    return d
+
+
+def _recipe(registry: Registry, overrides: list[str] | None):
+    """The run's recipe with the challenger's --set overrides, and its task."""
     import yaml
 
-    from ..inference import load_run
-    from ..training.pipeline import train
     from ..recipe import apply_overrides
     from ..tasks import get_task
 
-    registry = Registry(run_dir)
-    root = RunDir(registry.root)
-    champion_id = registry.champion
-    recipe_data = yaml.safe_load(root.recipe.read_text())
-    recipe = recipe_from_dict(apply_overrides(recipe_data, overrides or []), str(root.recipe))
-    task = get_task(recipe.task)
-    opts = recipe.retrain
-    metric = opts.metric or ("accuracy" if recipe.task == "classify" else "chrf")
+    path = RunDir(registry.root).recipe
+    recipe = recipe_from_dict(apply_overrides(yaml.safe_load(path.read_text()), overrides or []), str(path))
+    return recipe, get_task(recipe.task)
 
+
+def _read_corrections(registry: Registry, db_url: str | None, task: Task, min_feedback: int) -> list[dict]:
     url = db_url or default_db_url(registry.root)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise UserError(f"{run_dir}: no monitoring store at {url}; serve the run and collect feedback first")
+        raise UserError(f"{registry.root}: no monitoring store at {url}; serve the run and collect feedback first")
     store = Store(url)
     try:
-        fixes, hidden = corrections(store, recipe.task)
+        fixes, hidden = corrections(store, task)
     finally:
         store.close()
     if hidden:
         print(f"{hidden} corrections are about requests stored without inputs (--no-store-inputs) and cannot "
               "be learned from.", flush=True)
-    if len(fixes) < opts.min_feedback:
-        raise UserError(f"{len(fixes)} corrected feedback rows; retraining needs at least {opts.min_feedback} "
+    if len(fixes) < min_feedback:
+        raise UserError(f"{len(fixes)} corrected feedback rows; retraining needs at least {min_feedback} "
                         f"(retrain.min_feedback). Collect corrections with POST /v1/feedback or the dashboard")
-    fb_train, fb_eval = _split_feedback(fixes, opts.feedback_eval_share, recipe.train.seed)
+    return fixes
 
-    original, test_path, validation_path = _original_rows(root, recipe, task)
-    fixed = {_key(r) for r in fb_train + fb_eval}
-    kept = [r for r in original if _key(r) not in fixed]  # feedback is the newer truth
-    vid = registry.next_id()
+
+def _train_challenger(registry: Registry, vid: str, recipe, task: Task, fb_train: list[dict], fb_eval: list[dict],
+                      force: bool) -> tuple[Path, Path]:
+    """Writes the challenger's data (original rows a correction does not replace, plus the learning
+    corrections) and trains it with the run's recipe; -> its folder, the test file."""
+    from ..training.pipeline import train
+
+    original, test_path, validation_path = _original_rows(RunDir(registry.root), recipe, task)
+    fixed = {_norm(task.plain_input(r)) for r in fb_train + fb_eval}
+    kept = [r for r in original if _norm(task.plain_input(r)) not in fixed]  # feedback is the newer truth
     out = registry.versions_dir / vid
     data_dir = registry.versions_dir / f"{vid}-data"
     if out.exists() or data_dir.exists():
@@ -204,37 +211,29 @@ def retrain(run_dir: str | Path, db_url: str | None = None, overrides: list[str]
     write_jsonl(data_dir / "feedback_eval.jsonl", fb_eval)
     print(f"Challenger {vid}: {len(kept)} original rows ({len(original) - len(kept)} replaced by corrections) "
           f"+ {len(fb_train)} corrections; {len(fb_eval)} corrections held out for judging", flush=True)
-
     new = recipe.model_dump(mode="json")
-    plain = {"text_column": "text", "label_column": "label"} if recipe.task == "classify" else \
-        {"text_column": None, "label_column": None, "format": "messages"}
     new["data"].update(train=str(data_dir / "train.jsonl"), test=str(test_path),
-                       validation=str(validation_path) if validation_path else None, max_rows=None, **plain)
+                       validation=str(validation_path) if validation_path else None, max_rows=None,
+                       **task.plain_data_keys())
     new["output"] = str(out)
     train(recipe_from_dict(new, f"{vid} recipe"), output=out, force=force)
-    registry.add(vid, out, parent=champion_id, feedback_train=len(fb_train), feedback_eval=len(fb_eval))
+    return out, test_path
 
-    test_rows = _plain(read_rows(test_path), recipe, task)
-    if recipe.task == "generate":
-        test_rows = test_rows[:recipe.eval.max_samples or 200]  # generation is slow; as in the run's own eval
-    scores = {}
-    for name, path in (("champion", registry.path_of(champion_id)), ("challenger", out)):
-        loaded = load_run(path)
-        scores[name] = (row_scores(loaded, test_rows, metric), row_scores(loaded, fb_eval, metric))
-        del loaded
-    d = decide(opts, scores["champion"][0], scores["challenger"][0], scores["champion"][1], scores["challenger"][1])
-    d.update(metric=metric, champion_id=champion_id, challenger_id=vid, test_rows=len(test_rows),
-             feedback_eval_rows=len(fb_eval), feedback_train_rows=len(fb_train), time=time.time())
-    promoted = d["wins"] and promote
-    d["promoted"] = promoted
-    atomic_write_json(out / "retrain.json", d)
+
+def _scores(task: Task, path: Path, test_rows: list[dict], feedback_rows: list[dict]) -> tuple[list[float], list[float]]:
+    """One version's per-row scores on the test rows and on the held-out corrections."""
+    from ..inference import load_run
+
+    loaded = load_run(path)
+    return task.row_scores(loaded, test_rows), task.row_scores(loaded, feedback_rows)
+
+
+def _record_decision(registry: Registry, vid: str, d: dict) -> None:
     registry.set_decision(vid, d)
-    if promoted:
+    if d["promoted"]:
         registry.set_champion(vid, "promote", "; ".join(d["reasons"]))
     else:
         registry.record(vid, "reject" if not d["wins"] else "hold", "; ".join(d["reasons"]))
-    print(format_decision(d))
-    return d
 
 
 def format_decision(d: dict) -> str:

@@ -2,11 +2,13 @@
 
 The OpenAI-compatible bodies ignore parameters they do not use (presence_penalty, user, seed,
 ...), as an OpenAI client sends some by default; values out of range are still errors.
+A service validates with `request_models(limits)`: the same bodies, checked against its own caps.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,9 +22,6 @@ class Limits(BaseModel):
     max_messages: int = 64        # turns in one conversation
 
 
-LIMITS = Limits()  # replaced by the app factory; validators read it at request time
-
-
 def _check_unicode(value: str, what: str) -> str:
     # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer or database can encode
     try:
@@ -33,24 +32,24 @@ def _check_unicode(value: str, what: str) -> str:
     return value
 
 
-def _check_text(value: str, what: str) -> str:
+def _check_text(value: str, what: str, limits: Limits) -> str:
     _check_unicode(value, what)
     if not value.strip():
         raise ValueError(f"{what} is empty")
-    if len(value) > LIMITS.max_chars:
-        raise ValueError(f"{what} has {len(value)} characters; the limit is {LIMITS.max_chars}")
+    if len(value) > limits.max_chars:
+        raise ValueError(f"{what} has {len(value)} characters; the limit is {limits.max_chars}")
     return value
 
 
-def _check_texts(v, field: str, empty_message: str, noun: str):
-    """One text or a non-empty list of at most LIMITS.max_inputs texts, each checked by _check_text."""
+def _check_texts(v, field: str, empty_message: str, noun: str, limits: Limits):
+    """One text or a non-empty list of at most limits.max_inputs texts, each checked by _check_text."""
     items = [v] if isinstance(v, str) else v
     if not items:
         raise ValueError(empty_message)
-    if len(items) > LIMITS.max_inputs:
-        raise ValueError(f"{len(items)} {noun} in one request; the limit is {LIMITS.max_inputs}")
+    if len(items) > limits.max_inputs:
+        raise ValueError(f"{len(items)} {noun} in one request; the limit is {limits.max_inputs}")
     for i, t in enumerate(items):
-        _check_text(t, field if isinstance(v, str) else f"{field}[{i}]")
+        _check_text(t, field if isinstance(v, str) else f"{field}[{i}]", limits)
     return v
 
 
@@ -58,13 +57,15 @@ def _check_texts(v, field: str, empty_message: str, noun: str):
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"input": "the box arrived broken"}, {"input": ["love it", "it was okay"]}]})
+    limits: ClassVar[Limits] = Limits()  # a service checks against its own: see request_models
     input: Union[str, list[str]] = Field(description="one text, or a list of texts")
     model: Optional[str] = Field(None, description="ignored: the service serves one model")
 
     @field_validator("input")
     @classmethod
     def _inputs(cls, v):
-        return _check_texts(v, "input", "input is an empty list; give one text or a list of texts", "texts")
+        return _check_texts(v, "input", "input is an empty list; give one text or a list of texts", "texts",
+                            cls.limits)
 
 
 class ContentPart(BaseModel):
@@ -84,6 +85,7 @@ class Message(BaseModel):
 
 class _GenerationParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    limits: ClassVar[Limits] = Limits()
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0, le=2)
@@ -95,8 +97,8 @@ class _GenerationParams(BaseModel):
     @field_validator("max_tokens")
     @classmethod
     def _max_tokens(cls, v):
-        if v is not None and v > LIMITS.max_tokens:
-            raise ValueError(f"max_tokens {v} is over the service's limit of {LIMITS.max_tokens}")
+        if v is not None and v > cls.limits.max_tokens:
+            raise ValueError(f"max_tokens {v} is over the service's limit of {cls.limits.max_tokens}")
         return v
 
     @field_validator("stop")
@@ -129,10 +131,10 @@ class ChatRequest(_GenerationParams):
     def _messages(cls, v):
         if not v:
             raise ValueError("messages is empty; end the conversation with a user turn")
-        if len(v) > LIMITS.max_messages:
-            raise ValueError(f"{len(v)} messages; the limit is {LIMITS.max_messages}")
+        if len(v) > cls.limits.max_messages:
+            raise ValueError(f"{len(v)} messages; the limit is {cls.limits.max_messages}")
         for i, m in enumerate(v):
-            _check_text(m.text(), f"messages[{i}].content")
+            _check_text(m.text(), f"messages[{i}].content", cls.limits)
         if v[-1].role != "user":
             raise ValueError("the last message must be the user's (the model answers it)")
         return v
@@ -155,7 +157,7 @@ class CompletionRequest(_GenerationParams):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v):
-        return _check_texts(v, "prompt", "prompt is an empty list", "prompts")
+        return _check_texts(v, "prompt", "prompt is an empty list", "prompts", cls.limits)
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -183,3 +185,20 @@ class FeedbackRequest(BaseModel):
         if not (self.rating or self.corrected_label or self.corrected_answer or self.comment):
             raise ValueError("give at least one of rating, corrected_label, corrected_answer, comment")
         return self
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The bodies one service validates, each checked against that service's limits."""
+
+    classify: type[ClassifyRequest]
+    chat: type[ChatRequest]
+    completion: type[CompletionRequest]
+
+
+def request_models(limits: Limits) -> RequestModels:
+    """Subclasses that carry `limits`: two services in one process keep their own caps."""
+    def bind(cls):
+        return type(cls.__name__, (cls,), {"limits": limits, "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+    return RequestModels(bind(ClassifyRequest), bind(ChatRequest), bind(CompletionRequest))

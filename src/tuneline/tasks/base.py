@@ -110,3 +110,61 @@ class Task:
     def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8,
                 options=None, system_prompt=None) -> list[dict]:
         raise NotImplementedError
+
+    # -- data: token cache and replay -----------------------------------------
+    def encoding_options(self, recipe) -> dict:
+        """The task's own recipe values that change the encoded rows (part of the token cache's key)."""
+        return {}
+
+    def encode_general(self, rows, recipe, tokenizer):
+        """causal_lm tasks: rows of general use (a train.replay file) encoded like training rows but
+        without the task's own framing (e.g. its system prompt); the result's input_ids, labels and
+        where are mixed into the train split, whose `with_rows(input_ids, labels, where)` appends them."""
+        raise NotImplementedError
+
+    # -- model cards ------------------------------------------------------------
+    def intended_use(self, info: dict) -> str:
+        """The run's model card, "Intended use": what the model does and where not to trust it
+        (`info`: the run's tuneline.json)."""
+        return (f"Tuned for the `{self.name}` task. Use it on data like the training data; it has not been "
+                "tested on other domains or languages.")
+
+    def card_summary(self, info: dict) -> str:
+        """What the model answers, in a few words for an export's card ("labels: a, b"); "" for none."""
+        return ""
+
+    # -- service: drift and retraining (serve/) ----------------------------------
+    def input_texts(self, rows, recipe) -> tuple[list[str], list[str] | None]:
+        """Per row, the text a request to the service carries (a chat's last user turn), and the
+        rows' labels where the task has classes, else None: the reference drift compares with."""
+        raise NotImplementedError
+
+    def plain_rows(self, rows, recipe) -> list[dict]:
+        """Rows in the task's plain form, the one `plain_data_keys` reads (retrain writes it)."""
+        raise NotImplementedError
+
+    def plain_data_keys(self) -> dict:
+        """The recipe's `data:` keys that read plain rows."""
+        return {}
+
+    def plain_input(self, record: dict) -> str:
+        """A plain row's input as one string: a correction replaces the rows with the same input."""
+        raise NotImplementedError
+
+    def correction(self, feedback: dict) -> str | None:
+        """The corrected target this task learns from in a feedback row (its `corrected_label`,
+        `corrected_answer`...), or None."""
+        return None
+
+    def feedback_record(self, conversation: list[dict], fix: str) -> dict:
+        """A correction as a plain row: the request's conversation (ending with the user turn)
+        answered by `fix`."""
+        raise NotImplementedError
+
+    def row_scores(self, run, rows: list[dict]) -> list[float]:
+        """Per plain row, how right a loaded run is from 0 to 1, by `key_metric` (retrain's sign test)."""
+        raise NotImplementedError
+
+    def max_eval_rows(self, recipe) -> int | None:
+        """How many test rows an evaluation scores (generation is slow), None for all."""
+        return None

@@ -11,17 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batching import pad_batch, sorted_batches
+from ..data.columns import LABEL_COLUMNS, TEXT_COLUMNS, guess_columns, pick_column, text_and_label
 from ..data.io import Rows
 from ..data.streaming import StreamedRows
 from ..data.token_cache import TOKENS, ChunkEncoder, TokenColumn, WhereColumn, row_lengths
 from ..errors import UserError
-from ..evaluate.metrics import classification_metrics
+from ..evaluation.metrics import classification_metrics
+from ..recipe import eval_batch_size
 from . import register_task
 from .base import Task
-
-TEXT_COLUMNS = ("text", "sentence", "review", "content", "input", "document", "utterance", "query",
-                "question", "comment", "body", "instruction")
-LABEL_COLUMNS = ("label", "labels", "sentiment", "category", "class", "intent", "target", "topic", "y")
 
 
 @dataclass
@@ -45,72 +43,6 @@ class Encoded:
         return int(np.sum(self.lengths))
 
 
-def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], key: str, path: str) -> str:
-    if wanted:
-        if wanted not in columns:
-            raise UserError(f"{key}: column {wanted!r} is not in {path} (columns: {', '.join(columns)})")
-        return wanted
-    lower = {c.lower(): c for c in columns}
-    for c in candidates:
-        if c in lower:
-            return lower[c]
-    raise UserError(
-        f"{path}: cannot tell which column is the {key.split('_')[0].split('.')[-1]} "
-        f"(columns: {', '.join(columns)}); set {key} in the recipe"
-    )
-
-
-def _known(rows: Rows, candidates: tuple[str, ...]) -> bool:
-    return any(c.lower() in candidates for c in rows.columns)
-
-
-def guess_columns(rows: Rows, sample: int = 2000) -> tuple[str | None, str | None]:
-    """For unusual column names: the text is the string column with the longest values, the
-    label a column with few distinct values. Used only when no usual name matches."""
-    recs = rows.records[:sample]
-    stats = {}
-    for c in rows.columns:
-        vals = [r.get(c) for r in recs if r.get(c) is not None]
-        if not vals:
-            continue
-        strings = [v for v in vals if isinstance(v, str)]
-        mean_len = sum(len(v) for v in strings) / len(strings) if strings else 0
-        distinct = len({str(v) for v in vals if not isinstance(v, (list, dict))})
-        stats[c] = (mean_len, distinct, len(strings) == len(vals))
-    texts = sorted((c for c, (m, _, all_str) in stats.items() if all_str and m > 0), key=lambda c: -stats[c][0])
-    text = texts[0] if texts else None
-    n = len(recs)
-    labels = [c for c, (_, k, _) in stats.items() if c != text and 2 <= k <= max(2, min(100, n // 2))]
-    label = min(labels, key=lambda c: stats[c][1]) if labels else None
-    return text, label
-
-
-def label_to_str(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def text_and_label(rec: dict, where: str, text_col: str, label_col: str | None) -> tuple[str, str | None]:
-    """One row's text and label (as a string), checked; `where` (file:line) names a bad row."""
-    t = rec.get(text_col)
-    if t is not None and not isinstance(t, str):
-        raise UserError(f"{where}: {text_col!r} must be text, got {type(t).__name__} ({str(t)[:40]}); "
-                        "quote it, or point data.text_column at the text")
-    if not isinstance(t, str) or not t.strip():
-        raise UserError(f"{where}: {text_col!r} is missing or empty; every row needs text")
-    if label_col is None:
-        return t, None
-    lab = rec.get(label_col)
-    if lab is None or (isinstance(lab, str) and not lab.strip()):
-        raise UserError(f"{where}: {label_col!r} is missing or empty; every row needs a label")
-    if isinstance(lab, (list, dict)):
-        raise UserError(f"{where}: {label_col!r} must be one label, got {type(lab).__name__}")
-    return t, label_to_str(lab)
-
-
 @register_task
 class ClassifyTask(Task):
     name = "classify"
@@ -131,10 +63,8 @@ class ClassifyTask(Task):
     def columns(self, rows: Rows, recipe) -> tuple[str, str]:
         guess_text, guess_label = guess_columns(rows)
         d = recipe.data
-        text = _pick(rows.columns, d.text_column or (None if _known(rows, TEXT_COLUMNS) else guess_text),
-                     TEXT_COLUMNS, "data.text_column", rows.path)
-        label = _pick(rows.columns, d.label_column or (None if _known(rows, LABEL_COLUMNS) else guess_label),
-                      LABEL_COLUMNS, "data.label_column", rows.path)
+        text = pick_column(rows, d.text_column, TEXT_COLUMNS, "data.text_column", guess_text)
+        label = pick_column(rows, d.label_column, LABEL_COLUMNS, "data.label_column", guess_label)
         if text == label and not (d.text_column and d.label_column):
             # one usable column was found for both roles: the other one is missing
             missing = "label" if d.text_column or text.lower() in TEXT_COLUMNS else "text"
@@ -146,7 +76,7 @@ class ClassifyTask(Task):
 
     def extract(self, rows: Rows, recipe, need_label: bool = True) -> tuple[list[str], list[str | None]]:
         text_col, label_col = self.columns(rows, recipe) if need_label else (
-            _pick(rows.columns, recipe.data.text_column, TEXT_COLUMNS, "data.text_column", rows.path), None)
+            pick_column(rows, recipe.data.text_column, TEXT_COLUMNS, "data.text_column"), None)
         texts, labels = [], []
         for i, rec in enumerate(rows.records):
             t, lab = text_and_label(rec, rows.where(i), text_col, label_col)
@@ -282,7 +212,7 @@ class ClassifyTask(Task):
         return m
 
     def evaluate_test(self, model, tokenizer, data: Encoded, recipe, info: dict, device) -> dict:
-        bs = recipe.eval.batch_size or recipe.train.eval_batch_size or recipe.train.batch_size * 2
+        bs = eval_batch_size(recipe)
         labels = info["labels"]
         logits = self.logits(model, data.input_ids, tokenizer.pad_token_id, bs, device)
         y = torch.tensor(data.labels)
@@ -313,6 +243,98 @@ class ClassifyTask(Task):
                 "scores": {id2label[i]: float(p[i]) for i in range(len(p))},
             })
         return out
+
+    # -- evaluation extras (eval.json) ----------------------------------------
+    def evaluation_extras(self, result: dict, preds: list[dict], data: Encoded, model, tokenizer, recipe,
+                          info: dict, device, base_dir) -> None:
+        """Calibration, the most confident errors, the zero-shot baseline, slices by accuracy and
+        counterfactual flips (on by default: one extra forward pass over the rows that name a group)."""
+        from ..evaluation.calibration import calibration, most_confident_errors
+        from ..evaluation.slices import slice_metrics
+
+        labels = info["labels"]
+        index = {l: i for i, l in enumerate(labels)}
+        y = [index[p["label"]] for p in preds]
+        result["tuned"]["calibration"] = calibration([p["probs"] for p in preds], y)
+        result["most_confident_errors"] = most_confident_errors(preds, labels)
+        self._zero_shot(result, preds, y, info, recipe, device)
+
+        def score(idx):
+            return classification_metrics([y[i] for i in idx], [index[preds[i]["pred"]] for i in idx], labels)
+
+        result["slices"] = [slice_metrics(c, data.records, score, "accuracy") for c in recipe.eval.slices]
+        spec = recipe.eval.counterfactuals
+        if spec is None or spec:
+            result["counterfactuals"] = self._counterfactuals(preds, model, tokenizer, recipe, info,
+                                                              True if spec is None else spec, base_dir)
+
+    def _zero_shot(self, result: dict, preds: list[dict], y: list[int], info: dict, recipe, device) -> None:
+        """A second baseline where the base model is a chat model: asked for a label, untuned."""
+        from ..evaluation.metrics import difference
+        from ..evaluation.zero_shot import zero_shot_baseline
+        from .generate import GenerateTask
+
+        zs = zero_shot_baseline([p["text"] for p in preds], y, info["labels"], info, recipe, device,
+                                GenerateTask().generate, max_rows=recipe.eval.max_samples or 200)
+        if zs is not None:
+            result["zero_shot"] = zs
+            result["difference_zero_shot"] = difference(result["tuned"], zs, self.headline_metrics)
+
+    def _counterfactuals(self, preds: list[dict], model, tokenizer, recipe, info: dict, spec, base_dir) -> dict:
+        from ..evaluation.counterfactual import Swapper, load_pairs, summarise
+
+        pairs, name = load_pairs(spec, base_dir)
+        sw = Swapper(pairs)
+        hits = [(i, s) for i, p in enumerate(preds) if (s := sw.swap(p["text"])) is not None]
+        after = self.predict(model, tokenizer, [s for _, s in hits], info.get("max_length", 512),
+                             recipe.eval.batch_size or 32) if hits else []
+        before = [preds[i]["pred"] for i, _ in hits]
+        return summarise(
+            [preds[i]["text"] for i, _ in hits], [s for _, s in hits], before, [a["label"] for a in after],
+            [preds[i]["where"] for i, _ in hits], [b != a["label"] for b, a in zip(before, after)], name,
+            extra=[{"score_change": round(a["scores"][b] - max(preds[i]["probs"]), 4)}
+                   for (i, _), b, a in zip(hits, before, after)])
+
+    # -- model cards ------------------------------------------------------------
+    def intended_use(self, info: dict) -> str:
+        labels = ", ".join(f"`{l}`" for l in info.get("labels") or [])
+        return (f"Assigns one of these labels to a text: {labels}. Use it on text like the training data; "
+                "it has not been tested on other domains or languages.")
+
+    def card_summary(self, info: dict) -> str:
+        return f"labels: {', '.join(info['labels'])}"
+
+    # -- the run's tuneline.json --------------------------------------------------
+    def run_info(self, recipe, prepared) -> dict:
+        """The labels, and the majority label of the training data (the test baseline predicts it)."""
+        majority = self.majority(prepared.train.labels)
+        return {**super().run_info(recipe, prepared), "labels": prepared.labels,
+                "majority_label": prepared.labels[majority]}
+
+    # -- service: drift and retraining ---------------------------------------------
+    def input_texts(self, rows: Rows, recipe) -> tuple[list[str], list[str]]:
+        return self.extract(rows, recipe)
+
+    def plain_rows(self, rows: Rows, recipe) -> list[dict]:
+        texts, labels = self.extract(rows, recipe)
+        return [{"text": t, "label": l} for t, l in zip(texts, labels)]
+
+    def plain_data_keys(self) -> dict:
+        return {"text_column": "text", "label_column": "label"}
+
+    def plain_input(self, record: dict) -> str:
+        return record["text"]
+
+    def correction(self, feedback: dict) -> str | None:
+        return feedback["corrected_label"]
+
+    def feedback_record(self, conversation: list[dict], fix: str) -> dict:
+        return {"text": conversation[-1]["content"], "label": fix}
+
+    def row_scores(self, run, rows: list[dict]) -> list[float]:
+        """Correct 1, wrong 0."""
+        preds = run.predict([r["text"] for r in rows])
+        return [float(p["label"] == r["label"]) for p, r in zip(preds, rows)]
 
 
 

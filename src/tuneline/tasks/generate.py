@@ -16,16 +16,17 @@ import pyarrow as pa
 import torch
 
 from ..data.batching import pad_batch, sorted_batches
-from ..data.chat import PLAIN_TEMPLATE, detect_format, to_messages
+from ..data.chat import (IGNORE, detect_format, encode_conversation, ensure_chat_template, render_chat, to_messages,
+                         with_system)
 from ..data.io import Rows
 from ..data.streaming import StreamedRows
 from ..data.token_cache import TOKENS, ChunkEncoder, TokenColumn, WhereColumn, row_lengths
 from ..errors import UserError
-from ..evaluate.text_metrics import text_metrics
+from ..evaluation.text_metrics import text_metrics
+from ..recipe import eval_batch_size
 from . import register_task
 from .base import Task
 
-IGNORE = -100
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does)
 TRUNCATED, DROPPED = 1, 2  # row status bits (a truncated row can still be dropped: no answer left)
 
@@ -54,6 +55,15 @@ class ChatEncoded:
                            self.references[:n], self.truncated, self.dropped, self.dropped_where,
                            self.records[:n])
 
+    def with_rows(self, input_ids: list[list[int]], labels: list[list[int]], where: list[str]) -> "ChatEncoded":
+        """These rows appended for training (train.replay); they have no prompt or reference."""
+        # prompts/references exist only for in-memory rows (a streamed train keeps none)
+        kept = len(self.prompts) == len(self)
+        return ChatEncoded(self.input_ids + input_ids, self.labels + labels, self.where + where,
+                           self.prompts + [[] for _ in input_ids] if kept else [],
+                           self.references + [""] * len(input_ids) if kept else [],
+                           self.truncated, self.dropped, self.dropped_where)
+
 
 @dataclass
 class Prepared:
@@ -61,55 +71,6 @@ class Prepared:
     train: ChatEncoded
     validation: ChatEncoded
     test: ChatEncoded
-
-
-def ensure_chat_template(tokenizer) -> bool:
-    """Use the model's own template; give a plain one to models without. True if we added it."""
-    if getattr(tokenizer, "chat_template", None):
-        return False
-    tokenizer.chat_template = PLAIN_TEMPLATE
-    return True
-
-
-def _render(tokenizer, msgs: list[dict], gen: bool) -> str:
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-
-
-def with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
-    if system_prompt and msgs[0]["role"] != "system":
-        return [{"role": "system", "content": system_prompt}] + msgs
-    return msgs
-
-
-def encode_conversation(tokenizer, msgs: list[dict], loss_on: str) -> tuple[list[int], list[int], int]:
-    """Token ids and labels (IGNORE outside assistant answers). Returns (ids, labels, start of last answer).
-
-    The text is rendered turn by turn: for each assistant turn the prompt part is the template
-    with a generation prompt, the answer part what the full render adds after it (the answer
-    and the end-of-turn token, so the model learns to stop). Masking follows these spans, not
-    token ids: SmolLM2's pad token is its end-of-turn token, and masking by id would drop it.
-    """
-    ids: list[int] = []
-    labels: list[int] = []
-    prev = ""
-    last_start = 0
-    answers = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-    for i in answers:
-        prompt = _render(tokenizer, msgs[:i], gen=True)
-        full = _render(tokenizer, msgs[: i + 1], gen=False)
-        if not prompt.startswith(prev) or not full.startswith(prompt):
-            raise UserError("model: its chat template does not render conversations turn by turn "
-                            "(a prefix changes when a turn is added); set a simpler template")
-        p_ids = tokenizer(prompt[len(prev):], add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
-        ids += p_ids
-        labels += [IGNORE] * len(p_ids)
-        last_start = len(ids)
-        train_this = loss_on == "all_assistant" or i == answers[-1]
-        ids += a_ids
-        labels += a_ids if train_this else [IGNORE] * len(a_ids)
-        prev = full
-    return ids, labels, last_start
 
 
 def fit_length(ids, labels, last_start, max_length: int):
@@ -258,6 +219,15 @@ class GenerateTask(Task):
                            dropped=int(dropped.sum()),
                            dropped_where=[f"{rows.path}:{n}" for n in lines[rows.positions[dropped][:10]]])
 
+    def encoding_options(self, recipe) -> dict:
+        g = recipe.generate
+        return {"loss_on": g.loss_on, "truncation": g.truncation, "system_prompt": g.system_prompt}
+
+    def encode_general(self, rows: Rows, recipe, tokenizer) -> ChatEncoded:
+        """Without generate.system_prompt: general rows stand for the model's general use."""
+        general = recipe.model_copy(update={"generate": recipe.generate.model_copy(update={"system_prompt": None})})
+        return self.encode_rows(rows, general, tokenizer)
+
     # -- model ------------------------------------------------------------
     def load_model(self, path: str, recipe, tokenizer, labels=None, dtype=torch.float32):
         from transformers import AutoModelForCausalLM
@@ -336,7 +306,7 @@ class GenerateTask(Task):
         generate_kwargs go to `model.generate` (the service passes a streamer, stop strings)."""
         ensure_chat_template(tokenizer)
         device = next(model.parameters()).device
-        prompts = [tokenizer(_render(tokenizer, c, gen=True), add_special_tokens=False)["input_ids"]
+        prompts = [tokenizer(render_chat(tokenizer, c, gen=True), add_special_tokens=False)["input_ids"]
                    for c in conversations]
         if max_length:
             prompts = [p[-max_length:] for p in prompts]
@@ -371,7 +341,7 @@ class GenerateTask(Task):
         return out
 
     def _score(self, model, tokenizer, data: ChatEncoded, recipe, device, n_gen: int) -> tuple[dict, list[str]]:
-        bs = recipe.eval.batch_size or recipe.train.eval_batch_size or recipe.train.batch_size
+        bs = eval_batch_size(recipe)
         m = self.evaluate(model, data, None, tokenizer.pad_token_id, bs, device)
         preds = self.generate(model, tokenizer, data.prompts[:n_gen], recipe.generate, batch_size=bs,
                               max_length=recipe.train.max_length)
@@ -382,7 +352,7 @@ class GenerateTask(Task):
     def evaluate_test(self, model, tokenizer, data: ChatEncoded, recipe, info: dict, device) -> dict:
         # On a CPU the base model's pass costs as much as the tuned one's: both score the same
         # first eval.max_samples rows (default 200), loss and generations alike.
-        n_gen = min(len(data), recipe.eval.max_samples or 200)
+        n_gen = min(len(data), self.max_eval_rows(recipe))
         data = data.head(n_gen)
         tuned, tuned_preds = self._score(model, tokenizer, data, recipe, device, n_gen)
         base_model = self.load_model(info["base_model_path"], recipe, tokenizer).to(device)
@@ -403,3 +373,90 @@ class GenerateTask(Task):
         convs = [with_system([{"role": "user", "content": t}], system_prompt) for t in texts]
         answers = self.generate(model, tokenizer, convs, options, batch_size, max_length)
         return [{"text": a} for a in answers]
+
+    # -- evaluation extras (eval.json) ----------------------------------------
+    def evaluation_extras(self, result: dict, preds: list[dict], data: ChatEncoded, model, tokenizer, recipe,
+                          info: dict, device, base_dir) -> None:
+        """Slices by chrF, and counterfactual flips only when eval.counterfactuals is set: every
+        swapped conversation is generated again."""
+        from ..evaluation.slices import slice_metrics
+
+        refs = [p["reference"] for p in preds]
+        tuned = [p["tuned"] for p in preds]
+
+        def score(idx):
+            return text_metrics([tuned[i] for i in idx], [refs[i] for i in idx])
+
+        records = data.records[:len(preds)]
+        result["slices"] = [slice_metrics(c, records, score, "chrf") for c in recipe.eval.slices]
+        if recipe.eval.counterfactuals:
+            result["counterfactuals"] = self._counterfactuals(preds, data, model, tokenizer, recipe, base_dir)
+
+    def _counterfactuals(self, preds: list[dict], data: ChatEncoded, model, tokenizer, recipe, base_dir) -> dict:
+        from ..evaluation.counterfactual import Swapper, load_pairs, summarise
+        from ..evaluation.text_metrics import normalise
+
+        pairs, name = load_pairs(recipe.eval.counterfactuals, base_dir)
+        sw = Swapper(pairs)
+        hits = []
+        for i in range(len(preds)):
+            conv = data.prompts[i]
+            swapped = [dict(m, content=sw.swap(m["content"]) or m["content"]) if m["role"] != "assistant" else m
+                       for m in conv]
+            if any(a["content"] != b["content"] for a, b in zip(conv, swapped)):
+                hits.append((i, swapped))
+            if len(hits) >= recipe.eval.counterfactual_samples:
+                break
+        after = self.generate(model, tokenizer, [c for _, c in hits], recipe.generate,
+                              batch_size=recipe.eval.batch_size or 8, max_length=recipe.train.max_length) if hits else []
+        before = [preds[i]["tuned"] for i, _ in hits]
+        return summarise(
+            [preds[i]["prompt"] for i, _ in hits], [c[-1]["content"] for _, c in hits], before, after,
+            [preds[i]["where"] for i, _ in hits], [normalise(b) != normalise(a) for b, a in zip(before, after)], name)
+
+    # -- model cards ------------------------------------------------------------
+    def intended_use(self, info: dict) -> str:
+        return ("Answers conversations in the style of its training chats. It can state wrong facts "
+                "fluently: keep a human in the loop where answers matter.")
+
+    def card_summary(self, info: dict) -> str:
+        import json
+
+        system = (info.get("generate") or {}).get("system_prompt")
+        return "chat answers" + (f" under the system prompt {json.dumps(system)}" if system else "")
+
+    # -- data audit -------------------------------------------------------------
+    def audit_options(self, recipe) -> dict:
+        return {"system_prompt": recipe.generate.system_prompt}
+
+    # -- service: drift and retraining ---------------------------------------------
+    def input_texts(self, rows: Rows, recipe) -> tuple[list[str], None]:
+        convs = self.conversations(rows, recipe)
+        return [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user") for c in convs], None
+
+    def plain_rows(self, rows: Rows, recipe) -> list[dict]:
+        return [{"messages": m} for m in self.conversations(rows, recipe)]
+
+    def plain_data_keys(self) -> dict:
+        return {"text_column": None, "label_column": None, "format": "messages"}
+
+    def plain_input(self, record: dict) -> str:
+        import json
+
+        return json.dumps(record["messages"][:-1])
+
+    def correction(self, feedback: dict) -> str | None:
+        return feedback["corrected_answer"]
+
+    def feedback_record(self, conversation: list[dict], fix: str) -> dict:
+        return {"messages": conversation + [{"role": "assistant", "content": fix}]}
+
+    def row_scores(self, run, rows: list[dict]) -> list[float]:
+        """Sentence chrF / 100 of the generated answer against the row's."""
+        import sacrebleu
+
+        answers = run.generate([r["messages"][:-1] for r in rows])
+        return [sacrebleu.sentence_chrf(a, [r["messages"][-1]["content"]]).score / 100 for a, r in zip(answers, rows)]
+
+    def max_eval_rows(self, recipe) -> int:
+        return recipe.eval.max_samples or 200

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from . import sharding
-from ..runs import atomic_write_json, replace_dir
+from ..runs import atomic_write_json, staged_dir
 
 
 def trainable_state(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
@@ -51,15 +49,8 @@ def save_weights(model: torch.nn.Module, folder: Path, write: bool = True) -> No
     weights = trainable_state(model, keep=write)
     if not write:
         return
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with staged_dir(folder) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"))
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict, write: bool = True) -> None:
@@ -69,10 +60,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict,
     optim_state = sharding.full_optimizer_state(optimizer, keep=write) if sharded else optimizer.state_dict()
     if not write:
         return
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with staged_dir(folder) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optim_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -81,13 +69,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict,
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 rng[f"cuda{i}"] = s
         save_file(rng, str(tmp / "rng.safetensors"))
-        state = dict(loop_state)
-        state["python_random"] = _py_random_state()
-        atomic_write_json(tmp / "state.json", state)
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / "state.json", {**loop_state, "python_random": _py_random_state()})
 
 
 def find_checkpoint(folder: Path) -> Path | None:

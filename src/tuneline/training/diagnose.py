@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 
+from ..evaluation import direction
 from ..runs import RunDir, atomic_write_json
+from .methods import get_method
 
 # How much worse validation must get after its best to count: noise on a small validation set
 # moves the loss by a few percent between evaluations.
@@ -55,10 +57,10 @@ def _advice(recipe, best_epoch: float, train_rows: int | None) -> str:
         tips.append(f"more dropout (train.dropout: {0.2 if tc.dropout is None else round(tc.dropout + 0.1, 2)})")
     if tc.weight_decay < 0.1:
         tips.append("more weight decay (train.weight_decay: 0.1)")
-    if recipe.method in ("lora", "dora") and recipe.lora.r > 2:
-        tips.append(f"a smaller LoRA rank (lora.r: {recipe.lora.r // 2})")
-    elif recipe.method == "full":
-        tips.append("fewer trained weights (method: lora)")
+    method = get_method(recipe.method)
+    tip = method.overfit_tip(recipe) if method.overfit_tip else None
+    if tip:
+        tips.append(tip)
     tips.append(f"more training data ({train_rows} rows now)" if train_rows else "more training data")
     return "; ".join(tips) + "."
 
@@ -84,28 +86,15 @@ def _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train
     b_step, b_epoch, b_loss = _best(loss_curve, "min")
     f_step, f_epoch, f_loss = loss_curve[-1]
     t_best, t_end = _train_loss_near(train, b_step), _train_loss_near(train, train[-1]["step"])
-    kept_epoch = next((e for s, e, _ in watched if s == kept), b_epoch)
     gap_best = b_loss - t_best if t_best is not None else None
     gap_end = f_loss - t_end if t_end is not None else None
-
-    # the task metric (accuracy, F1...) when it is not the loss
-    metric_note, metric_worse, m_best = "", False, None
-    task_metric = watch if watch not in LOSS_METRICS else None
-    if task_metric:
-        curve = _curve(evals, task_metric)
-        if curve:
-            m_best = _best(curve, mode)
-            m_final = curve[-1]
-            metric_worse = m_best[0] < m_final[0] and _worse(m_best[2], m_final[2], mode)
-            if metric_worse:
-                metric_note = (f"; validation {task_metric} fell from {m_best[2]:.4g} (step {m_best[0]}) "
-                               f"to {m_final[2]:.4g}")
+    drop = _metric_drop(evals, watch, mode)
+    metric_note = drop[1] if drop else ""
 
     loss_worse = b_step < f_step and _worse(b_loss, f_loss, "min")
     train_better = t_best is not None and t_end is not None and t_end < t_best * (1 - TRAIN_BETTER_REL)
-    if (loss_worse or metric_worse) and train_better:
-        where = b_step if loss_worse else m_best[0]
-        where_epoch = b_epoch if loss_worse else m_best[1]
+    if (loss_worse or drop) and train_better:
+        where, where_epoch = (b_step, b_epoch) if loss_worse else drop[0][:2]
         what = (f"validation loss rose from {b_loss:.4g} at step {b_step} (epoch {b_epoch:.2f}, its best) to "
                 f"{f_loss:.4g} at step {f_step}{metric_note}" if loss_worse else metric_note[2:])
         kept_note = (f" The saved model is the best checkpoint (step {kept}, by validation {watch}), so the "
@@ -118,16 +107,32 @@ def _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train
             "advice": _advice(recipe, where_epoch, train_rows),
         })
     if kept is not None:
-        value = next((v for s, _, v in watched if s == kept), None)
-        shown = f" {value:.4g}" if value is not None else ""
-        gap = f"; train/validation loss gap {gap_best:.3f} there, {gap_end:.3f} at the end" if gap_best is not None else ""
-        findings.append({
-            "check": "best_model", "severity": "info", "step": kept,
-            "message": (f"best validation {watch}{shown} at step {kept} (epoch {kept_epoch:.2f}) of "
-                        f"{f_step}; the final model is that checkpoint{gap}"),
-            "advice": "",
-        })
+        findings.append(_best_model(watched, watch, kept, b_epoch, f_step, gap_best, gap_end))
     return findings
+
+
+def _metric_drop(evals, watch: str, mode: str) -> tuple[tuple, str] | None:
+    """The watched task metric (accuracy, F1...) ended worse than its best: (best point, note), else None."""
+    curve = _curve(evals, watch) if watch not in LOSS_METRICS else []
+    if not curve:
+        return None
+    best, final = _best(curve, mode), curve[-1]
+    if not (best[0] < final[0] and _worse(best[2], final[2], mode)):
+        return None
+    return best, f"; validation {watch} fell from {best[2]:.4g} (step {best[0]}) to {final[2]:.4g}"
+
+
+def _best_model(watched, watch: str, kept: int, epoch_if_unknown: float, last_step: int, gap_best, gap_end) -> dict:
+    kept_epoch = next((e for s, e, _ in watched if s == kept), epoch_if_unknown)
+    value = next((v for s, _, v in watched if s == kept), None)
+    shown = f" {value:.4g}" if value is not None else ""
+    gap = f"; train/validation loss gap {gap_best:.3f} there, {gap_end:.3f} at the end" if gap_best is not None else ""
+    return {
+        "check": "best_model", "severity": "info", "step": kept,
+        "message": (f"best validation {watch}{shown} at step {kept} (epoch {kept_epoch:.2f}) of "
+                    f"{last_step}; the final model is that checkpoint{gap}"),
+        "advice": "",
+    }
 
 
 def _not_learning(train, loss_curve, recipe) -> list[dict]:
@@ -147,7 +152,7 @@ def diagnose_run(run: RunDir, recipe, task, state: dict | None = None) -> list[d
     """Diagnose a run folder; `state` (the loop's) tells which step's weights were kept."""
     es = recipe.train.early_stopping
     watch = es.metric if es else task.default_metric
-    mode = es.resolved_mode() if es else ("min" if watch in LOSS_METRICS else "max")
+    mode = es.resolved_mode() if es else direction.mode(watch)
     manifest = run.read_manifest()
     best_step = (state or {}).get("best_step", manifest.get("best_step"))
     rows = (manifest.get("rows") or {}).get("train")

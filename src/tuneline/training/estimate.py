@@ -57,7 +57,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     torch.manual_seed(recipe.train.seed)
     tc = recipe.train
     plan = make_plan(len(prepared.train), tc)
-    model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe)
+    model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe, task)
     trainable, total = count_parameters(model)
     if hardware.device_type() == "cpu":
         use_fast_dropout(model)  # as the training loop does

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import RunFailed, UserError
+from .methods import get_method
 
 
 class Interrupted(KeyboardInterrupt):
@@ -85,7 +86,7 @@ def memory_advice(recipe) -> str:
         steps.append(f"--set train.max_length={t.max_length // 2} (rows are cut shorter)")
     if not recipe.memory.gradient_checkpointing:
         steps.append("--set memory.gradient_checkpointing=true (recomputes activations: slower, far less memory)")
-    if recipe.method in ("full", "freeze"):
+    if not get_method(recipe.method).adapter:
         steps.append("--set method=lora (trains adapters only: no optimizer state for the whole model)")
     return "; ".join(steps) if steps else "use a machine with more memory"
 

@@ -2,80 +2,85 @@
 
 from __future__ import annotations
 
+import json
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 from safetensors.torch import load_file
 
 from .checkpoint import load_trainable_state
 from .diagnose import diagnose_run, format_findings, write_diagnostics
 from .guard import assert_finite
-from .methods import PEFT_METHODS
-from ..runs import RunDir, atomic_write_json, replace_dir
+from .methods import get_method
+from ..runs import RunDir, RunResult, atomic_write_json, atomic_write_text, staged_dir
+from .context import RunContext
 
 
 def save_final_model(model, tokenizer, recipe, run: RunDir) -> tuple[object, bool]:
-    """Write adapter/ (PEFT methods) and model/ (plain Transformers). Returns (model to use, merged?)."""
-    merged = True
-    if recipe.method in PEFT_METHODS:
-        tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".adapter."))
-        try:
+    """Write adapter/ (adapter methods) and model/ (plain Transformers). Returns (model to use, merged?)."""
+    method = get_method(recipe.method)
+    if method.adapter:
+        with staged_dir(run.adapter_dir) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-            replace_dir(tmp, run.adapter_dir)
-        except BaseException:  # a full disk must not leave a half-written temp folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if recipe.method == "prompt":
-            # Virtual prompt tokens cannot be folded into the weights: the adapter is the model.
-            return model, False
+        if not method.mergeable:
+            return model, False  # the adapter is the model (prompt tuning's virtual tokens)
         model = model.merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".model."))
-    try:
+    with staged_dir(run.model_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        replace_dir(tmp, run.model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return model, merged
+    return model, True
 
 
-def run_info(recipe, source, labels, merged: bool, majority: int | None) -> dict:
+def run_info(recipe, task, source, prepared, merged: bool) -> dict:
+    """The run's tuneline.json, which load_run reads: the keys every run has, then the task's."""
     return {
         "format": 1,
         "task": recipe.task,
         "method": recipe.method,
-        "labels": labels,
-        "majority_label": labels[majority] if labels and majority is not None else None,
+        "labels": None,  # a task with labels fills these two (task.run_info)
+        "majority_label": None,
         "base_model": recipe.model,
         "base_model_path": source.path,
         "merged": merged,
         "model_dir": "model" if merged else None,
-        "adapter_dir": "adapter" if recipe.method in PEFT_METHODS else None,
+        "adapter_dir": "adapter" if get_method(recipe.method).adapter else None,
         "max_length": recipe.train.max_length,
         "trust_remote_code": recipe.trust_remote_code,
-        "generate": recipe.generate.model_dump(mode="json"),
+        **task.run_info(recipe, prepared),
     }
 
 
 def write_predictions(run: RunDir, predictions: list[dict], name: str = "predictions.jsonl") -> None:
     """Per-row test predictions: the evidence behind every number in eval.json."""
-    import json
-
-    from ..runs import atomic_write_text
-
     atomic_write_text(run.path / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
 
 
-def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, state: dict, started: float):
-    from ..evaluate.suite import evaluate_model
+def finish_run(ctx: RunContext, model, state: dict) -> RunResult:
+    """After the loop, on rank 0: the best weights restored, the final model written with its
+    tuneline.json, the test evaluation, run.json completed, diagnostics, report and model card."""
     from ..reporting.model_card import write_model_card
-    from .pipeline import RunResult
     from ..reporting.report import write_report
 
+    run = ctx.run
+    _restore_best(model, run, state)
+    final, merged = save_final_model(model, ctx.tokenizer, ctx.recipe, run)
+    info = run_info(ctx.recipe, ctx.task, ctx.source, ctx.prepared, merged)
+    atomic_write_json(run.info_file, info)
+    result, eval_seconds = _evaluate_test(ctx, final, info)
+    _complete_manifest(ctx, state, eval_seconds)
+    shutil.rmtree(run.last_ckpt, ignore_errors=True)  # optimizer state is only needed to resume
+    findings = diagnose_run(run, ctx.recipe, ctx.task, state)
+    write_diagnostics(run, findings)  # before the report, which shows them
+    write_report(run)
+    write_model_card(run)
+    print_summary(result, run)
+    print("\n" + format_findings(findings), flush=True)
+    return RunResult(run.path, result)
+
+
+def _restore_best(model, run: RunDir, state: dict) -> None:
+    """The best checkpoint's weights into the model (if one was kept), checked to be numbers."""
     best = run.best_ckpt / "trainable.safetensors"
     if best.exists():
         load_trainable_state(model, load_file(str(best)))
@@ -83,34 +88,32 @@ def finish_run(recipe, task, source, tokenizer, prepared, run: RunDir, model, st
               f"{state['best']:.4f}).", flush=True)
     model.eval()
     assert_finite(model)
-    final, merged = save_final_model(model, tokenizer, recipe, run)
-    info = run_info(recipe, source, prepared.labels, merged,
-                    task.majority(prepared.train.labels) if prepared.labels else None)
-    atomic_write_json(run.info_file, info)
-    device = next(final.parameters()).device
+
+
+def _evaluate_test(ctx: RunContext, model, info: dict) -> tuple[dict, float]:
+    """eval.json and predictions.jsonl written; returns the eval.json object and the seconds it took."""
+    from ..evaluation.suite import evaluate_model
+
+    device = next(model.parameters()).device
     t0 = time.time()
-    print(f"Evaluating on {len(prepared.test)} test rows ...", flush=True)
-    result, predictions = evaluate_model(task, final, tokenizer, prepared.test, recipe, info, device)
-    write_predictions(run, predictions)
-    atomic_write_json(run.eval_file, result)
-    eval_seconds = time.time() - t0
-    run.update_manifest(
-        status="completed", ended=time.time(), wall_seconds=round(time.time() - started, 2),
+    print(f"Evaluating on {len(ctx.prepared.test)} test rows ...", flush=True)
+    result, predictions = evaluate_model(ctx.task, model, ctx.tokenizer, ctx.prepared.test, ctx.recipe, info, device)
+    write_predictions(ctx.run, predictions)
+    atomic_write_json(ctx.run.eval_file, result)
+    return result, time.time() - t0
+
+
+def _complete_manifest(ctx: RunContext, state: dict, eval_seconds: float) -> None:
+    seconds = state["train_seconds"]
+    ctx.run.update_manifest(
+        status="completed", ended=time.time(), wall_seconds=round(time.time() - ctx.started, 2),
         steps=state["step"], best_step=state["best_step"], best_validation=state["best"],
         stopped_early=state["stopped_early"], trained_tokens=state["tokens"],
         computed_tokens=state.get("computed_tokens"),  # with padding: the share shows batching waste
-        train_seconds=round(state["train_seconds"], 2),
-        tokens_per_second=round(state["tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
+        train_seconds=round(seconds, 2),
+        tokens_per_second=round(state["tokens"] / seconds, 1) if seconds else None,
         test_eval_seconds=round(eval_seconds, 2),
     )
-    shutil.rmtree(run.last_ckpt, ignore_errors=True)  # optimizer state is only needed to resume
-    findings = diagnose_run(run, recipe, task, state)
-    write_diagnostics(run, findings)  # before the report, which shows them
-    write_report(run)
-    write_model_card(run)
-    print_summary(result, run)
-    print("\n" + format_findings(findings), flush=True)
-    return RunResult(run.path, result)
 
 
 def print_summary(result: dict, run: RunDir) -> None:

@@ -1,12 +1,15 @@
 """The one training loop: AdamW, warm-up schedule, accumulation, clipping, precision,
-periodic evaluation, early stopping, best-checkpoint tracking and exact resume."""
+periodic evaluation, early stopping, best-checkpoint tracking and exact resume.
+
+The loop's state is a plain dict: it is saved as the checkpoint's state.json, handed to the
+callbacks and the divergence guard, and returned to the finish (training/finish.py)."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -14,10 +17,11 @@ from tqdm.auto import tqdm
 from . import distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from ..data.batching import epoch_batches, split_by_tokens
+from ..evaluation import direction
 from .fast_dropout import use_fast_dropout
 from .guard import DivergenceGuard
 from .neftune import enable_neftune
-from ..runs import RunDir
+from ..recipe import eval_batch_size
 
 
 @dataclass
@@ -70,19 +74,67 @@ class Callback:
     def on_train_end(self, trainer: "Trainer", state: dict) -> None: ...
 
 
+@dataclass
+class _LogWindow:
+    """The training figures since the last log line."""
+
+    loss: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+
+class _Progress:
+    """A step bar on a terminal; plain lines when the output goes to a file."""
+
+    def __init__(self, total: int, initial: int):
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", disable=not self.tty,
+                        dynamic_ncols=True)
+
+    def train_line(self, rec: dict, total: int) -> None:
+        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=rec["tokens_per_s"])
+        if not self.tty:
+            print(f"step {rec['step']}/{total} epoch {rec['epoch']:.2f} loss {rec['loss']:.4f} "
+                  f"lr {rec['lr']:.2e} {rec['tokens_per_s']} tok/s", flush=True)
+
+    def write(self, line: str) -> None:
+        tqdm.write(line) if self.tty else print(line, flush=True)
+
+
+def new_state(metric: str) -> dict:
+    """The loop state at step 0 (the keys of a checkpoint's state.json, besides python_random)."""
+    return {"metric": metric, "step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
+            "tokens": 0, "computed_tokens": 0, "train_seconds": 0.0, "stopped_early": False}
+
+
 class Trainer:
-    def __init__(self, *, model, task, train_data, val_data, labels, recipe, run: RunDir, pad_id: int, accelerator,
-                 callbacks: list[Callback] | None = None):
-        self.callbacks = list(callbacks or [])
-        self.model, self.task, self.train_data, self.val_data = model, task, train_data, val_data
-        self.labels, self.recipe, self.run, self.pad_id = labels, recipe, run, pad_id
+    def __init__(self, ctx, model, accelerator):
+        """ctx: the run's RunContext (training/context.py); model: built and given its method."""
+        self.callbacks = list(ctx.callbacks)
+        self.model, self.task, self.recipe, self.run = model, ctx.task, ctx.recipe, ctx.run
+        self.train_data, self.val_data, self.labels = ctx.prepared.train, ctx.prepared.validation, ctx.prepared.labels
+        self.pad_id = ctx.tokenizer.pad_token_id
         self.acc = accelerator
-        self.tc = recipe.train
-        self.plan = make_plan(len(train_data), self.tc)
+        self.tc = ctx.recipe.train
+        self.plan = make_plan(len(self.train_data), self.tc)
         es = self.tc.early_stopping
-        self.watch = es.metric if es else task.default_metric
-        self.mode = es.resolved_mode() if es else ("min" if self.watch in ("loss", "perplexity") else "max")
+        self.watch = es.metric if es else self.task.default_metric
+        self.mode = es.resolved_mode() if es else direction.mode(self.watch)
         self.main = distributed.is_main()
+        self._place_model()
+        # after sharding: the optimizer must hold the sharded parameters
+        self.optimizer = build_optimizer(self.model, self.tc)
+        self.scheduler = build_scheduler(self.optimizer, self.tc, self.plan)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not distributed.active():
+            self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.eval_batch = eval_batch_size(self.recipe)
+        self.budget = self.recipe.memory.token_budget(self.acc.device.type)
+        self.guard = DivergenceGuard(self.tc.divergence, self.run, self.tc.lr, self.tc.max_grad_norm)
+
+    def _place_model(self) -> None:
+        """Training-only model changes, then the model sharded or moved to this process's device."""
         if self.acc.device.type == "cpu":
             use_fast_dropout(self.model)
         if self.tc.neftune_alpha:
@@ -97,17 +149,8 @@ class Trainer:
         elif distributed.active():
             # gradients are averaged by hand (see distributed.py), so no DDP wrapper
             self.model = self.model.to(self.acc.device)
-        # after sharding: the optimizer must hold the sharded parameters
-        self.optimizer = build_optimizer(self.model, self.tc)
-        self.scheduler = build_scheduler(self.optimizer, self.tc, self.plan)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not distributed.active():
-            self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
-        self.eval_batch = self.tc.eval_batch_size or self.tc.batch_size * 2
-        self.budget = recipe.memory.token_budget(self.acc.device.type)
-        self.guard = DivergenceGuard(self.tc.divergence, run, self.tc.lr, self.tc.max_grad_norm)
 
-    # ------------------------------------------------------------------
+    # -- helpers ---------------------------------------------------------------
     def _pieces(self, rows: list[int], lengths) -> list[tuple[dict, float]]:
         """A batch as (micro-batch, share of its loss) pairs under memory.micro_batch_tokens. The
         shares are each piece's part of the loss's terms (answer tokens, rows), so the summed
@@ -143,138 +186,185 @@ class Trainer:
         delta = self.tc.early_stopping.min_delta if self.tc.early_stopping else 0.0
         return value < best - delta if self.mode == "min" else value > best + delta
 
+    # -- the loop ----------------------------------------------------------------
     def run_loop(self, resume: bool = False) -> dict:
-        tc, plan, run = self.tc, self.plan, self.run
-        state = {"metric": self.watch, "step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
-                 "tokens": 0, "computed_tokens": 0, "train_seconds": 0.0, "stopped_early": False}
-        if resume:
-            ckpt = find_checkpoint(run.last_ckpt)
-            if ckpt is not None:
-                state.update(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
-                print(f"Resuming from step {state['step']} of {plan.total_steps}.", flush=True)
-            else:
-                print("No checkpoint to resume from yet: starting from step 0.", flush=True)
-            if self.main:
-                run.truncate_metrics_after(state["step"])
-        tty = sys.stderr.isatty()
-        bar = tqdm(total=plan.total_steps, initial=state["step"], desc="train", unit="step", disable=not tty,
-                   dynamic_ncols=True)
-        lengths = self.train_data.lengths
+        """Trains to plan.total_steps (or early stopping) and returns the loop state."""
+        state = self._start_state(resume)
+        self._progress = _Progress(self.plan.total_steps, state["step"])
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self, state)
-        log_loss, log_n, log_tokens, log_t0 = 0.0, 0, 0, time.perf_counter()
-        done = state["step"] >= plan.total_steps
+        self._window = _LogWindow()
+        done = state["step"] >= self.plan.total_steps
         while not done:
-            batches = epoch_batches(lengths, tc.batch_size, tc.seed * 1000 + state["epoch"], tc.group_by_length)
-            n = len(batches)
-            for start in range(state["micro"], n, tc.grad_accum):
-                t0 = time.perf_counter()
-                end = min(start + tc.grad_accum, n)
-                step_loss, grad_norm = 0.0, None
-                for bi in range(start, end):
-                    rows, weight = distributed.shard(batches[bi]) if distributed.active() else (batches[bi], 1.0)
-                    real = computed = 0
-                    for batch, share in self._pieces(rows, lengths):
-                        batch = {k: v.to(self.acc.device) for k, v in batch.items()}
-                        with self.acc.autocast():
-                            loss = self._run(lambda m: self.task.loss(m, batch)) * (weight * share)
-                        self.guard.check_loss(loss.item() / share if share else 0.0, state["step"] + 1, state)
-                        self.acc.backward(loss / (end - start))
-                        step_loss += loss.item() / (end - start)
-                        if weight and share:
-                            real += int(batch["attention_mask"].sum())
-                            computed += batch["attention_mask"].numel()
-                    if distributed.active():
-                        real, computed = (int(v) for v in distributed.all_sum([real, computed]))
-                    state["tokens"] += real
-                    state["computed_tokens"] = state.get("computed_tokens", 0) + computed
-                    log_tokens += real
-                if distributed.active():
-                    if not self.sharded:  # FSDP has reduce-scattered and averaged them already
-                        distributed.average_gradients(self.trainable)
-                    step_loss = distributed.all_sum([step_loss])[0] / distributed.world()[1]
-                if tc.max_grad_norm or self.guard.watches_gradients:
-                    # max_norm inf: the norm without clipping, for the guard; after the all-reduce,
-                    # so every process sees the same norm and stops at the same step
-                    max_norm = tc.max_grad_norm or math.inf
-                    if self.sharded:  # the global norm over every rank's shards
-                        grad_norm = sharding.clip_grad_norm(self.trainable, max_norm)
-                    else:
-                        grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), max_norm))
-                    self.guard.check_grad_norm(grad_norm, state["step"] + 1, state)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                state["micro"] = end
-                state["train_seconds"] += time.perf_counter() - t0
-                log_loss += step_loss
-                log_n += 1
-                step = state["step"]
-                self.guard.observe(step_loss, step, state)
-                epoch_done = end >= n
-                if epoch_done:
-                    state["epoch"] += 1
-                    state["micro"] = 0
-                epoch_f = round(step / plan.steps_per_epoch, 4)
-                lr = self.scheduler.get_last_lr()[0]
-                bar.update(1)
-                if step % tc.log_every == 0 or step == plan.total_steps:
-                    dt = time.perf_counter() - log_t0
-                    rec = {"type": "train", "step": step, "epoch": epoch_f, "loss": round(log_loss / log_n, 6),
-                           "lr": lr, "tokens_per_s": round(log_tokens / dt, 1) if dt > 0 else None}
-                    if grad_norm is not None:
-                        rec["grad_norm"] = round(grad_norm, 6)
-                    if self.main:
-                        run.log_metrics(rec)
-                        for cb in self.callbacks:
-                            cb.on_log(self, rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}", tok_s=rec["tokens_per_s"])
-                    if not tty:
-                        print(f"step {step}/{plan.total_steps} epoch {epoch_f:.2f} loss {rec['loss']:.4f} "
-                              f"lr {lr:.2e} {rec['tokens_per_s']} tok/s", flush=True)
-                    log_loss, log_n, log_tokens, log_t0 = 0.0, 0, 0, time.perf_counter()
-                last = step >= plan.total_steps
-                do_eval = epoch_done or last or (tc.eval_every is not None and step % tc.eval_every == 0)
-                if do_eval:
-                    m = self.evaluate()
-                    value = m.get(self.watch)
-                    rec = {"type": "eval", "split": "validation", "step": step, "epoch": epoch_f,
-                           **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
-                    if self.main:
-                        run.log_metrics(rec)
-                    self.guard.check_eval(rec, state)
-                    if self.main:
-                        for cb in self.callbacks:
-                            cb.on_evaluate(self, rec)
-                    shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k in self.task.metric_names)
-                    tqdm.write(f"[eval step {step}] {shown}") if tty else print(f"[eval step {step}] {shown}", flush=True)
-                    if self._improved(value, state["best"]):
-                        state.update(best=value, best_step=step, bad_evals=0)
-                        self._save_weights(run.best_ckpt)
-                    else:
-                        state["bad_evals"] += 1
-                        es = tc.early_stopping
-                        if es and state["bad_evals"] >= es.patience:
-                            state["stopped_early"] = True
-                            print(f"Early stopping at step {step}: validation {self.watch} has not improved "
-                                  f"for {es.patience} evaluations (best {state['best']:.4f} at step "
-                                  f"{state['best_step']}).", flush=True)
-                            last = True
-                    self.model.train()
-                do_save = (step % tc.save_every == 0) if tc.save_every else do_eval
-                if do_save and not last:
-                    self._save_checkpoint(state)
-                if faults.stop_requested():  # Ctrl-C: stop at this step boundary, resumable exactly
-                    bar.close()
-                    if not (do_save and not last):  # not saved at this step yet
-                        self._save_checkpoint(state)
-                    raise faults.Interrupted(state["step"])
-                if last:
-                    done = True
-                    break
-        bar.close()
+            done = self._train_epoch(state)
+        self._progress.bar.close()
         for cb in self.callbacks:
             cb.on_train_end(self, state)
         return state
+
+    def _start_state(self, resume: bool) -> dict:
+        state = new_state(self.watch)
+        if not resume:
+            return state
+        ckpt = find_checkpoint(self.run.last_ckpt)
+        if ckpt is not None:
+            state.update(load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler))
+            print(f"Resuming from step {state['step']} of {self.plan.total_steps}.", flush=True)
+        else:
+            print("No checkpoint to resume from yet: starting from step 0.", flush=True)
+        if self.main:
+            self.run.truncate_metrics_after(state["step"])
+        return state
+
+    def _train_epoch(self, state: dict) -> bool:
+        """The rest of the epoch from state["micro"] (a resumed run starts mid-epoch); True when training ends."""
+        tc = self.tc
+        # the batches are a pure function of seed and epoch: a resumed run draws the same ones
+        batches = epoch_batches(self.train_data.lengths, tc.batch_size, tc.seed * 1000 + state["epoch"],
+                                tc.group_by_length)
+        for start in range(state["micro"], len(batches), tc.grad_accum):
+            end = min(start + tc.grad_accum, len(batches))
+            if self._train_step(batches[start:end], state, end, epoch_done=end >= len(batches)):
+                return True
+        return False
+
+    def _train_step(self, group: list[list[int]], state: dict, end: int, epoch_done: bool) -> bool:
+        """One optimizer step over `group` (up to grad_accum batches; `end`: the epoch's next batch),
+        then its logging, evaluation and checkpoint. True when training ends (last step or early stopping)."""
+        t0 = time.perf_counter()
+        step_loss, grad_norm = self._step(group, state)
+        state["step"] += 1
+        state["micro"] = end
+        state["train_seconds"] += time.perf_counter() - t0
+        self._window.loss += step_loss
+        self._window.steps += 1
+        step = state["step"]
+        self.guard.observe(step_loss, step, state)
+        if epoch_done:
+            state["epoch"] += 1
+            state["micro"] = 0
+        self._progress.bar.update(1)
+        if step % self.tc.log_every == 0 or step == self.plan.total_steps:
+            self._log(step, grad_norm)
+        last = step >= self.plan.total_steps
+        evaluated = epoch_done or last or (self.tc.eval_every is not None and step % self.tc.eval_every == 0)
+        if evaluated and self._evaluate_and_keep_best(state):
+            last = True  # early stopping
+        self._checkpoint(state, evaluated, last)
+        return last
+
+    # -- one optimizer step ------------------------------------------------------
+    def _step(self, group: list[list[int]], state: dict) -> tuple[float, float | None]:
+        """Forward and backward over every piece of the group's batches, gradients averaged over
+        the processes and clipped, the optimizer step. Returns (mean loss, gradient norm or None)."""
+        step_loss = 0.0
+        for rows in group:
+            step_loss += self._backward(rows, len(group), state)
+        if distributed.active():
+            if not self.sharded:  # FSDP has reduce-scattered and averaged them already
+                distributed.average_gradients(self.trainable)
+            step_loss = distributed.all_sum([step_loss])[0] / distributed.world()[1]
+        grad_norm = self._clip(state)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss, grad_norm
+
+    def _backward(self, rows: list[int], accum: int, state: dict) -> float:
+        """One batch's pieces, forward and backward (this process's share of its rows); counts
+        its tokens into the state. Returns the batch's part of the step's mean loss."""
+        rows, weight = distributed.shard(rows) if distributed.active() else (rows, 1.0)
+        batch_loss, real, computed = 0.0, 0, 0
+        for batch, share in self._pieces(rows, self.train_data.lengths):
+            batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+            with self.acc.autocast():
+                loss = self._run(lambda m: self.task.loss(m, batch)) * (weight * share)
+            self.guard.check_loss(loss.item() / share if share else 0.0, state["step"] + 1, state)
+            self.acc.backward(loss / accum)
+            batch_loss += loss.item() / accum
+            if weight and share:
+                real += int(batch["attention_mask"].sum())
+                computed += batch["attention_mask"].numel()
+        if distributed.active():
+            real, computed = (int(v) for v in distributed.all_sum([real, computed]))
+        state["tokens"] += real
+        state["computed_tokens"] = state.get("computed_tokens", 0) + computed  # absent in older checkpoints
+        self._window.tokens += real
+        return batch_loss
+
+    def _clip(self, state: dict) -> float | None:
+        """Clips to max_grad_norm; the norm also feeds the divergence guard. None when neither asks for it."""
+        if not (self.tc.max_grad_norm or self.guard.watches_gradients):
+            return None
+        # max_norm inf: the norm without clipping, for the guard; after the all-reduce,
+        # so every process sees the same norm and stops at the same step
+        max_norm = self.tc.max_grad_norm or math.inf
+        if self.sharded:  # the global norm over every rank's shards
+            grad_norm = sharding.clip_grad_norm(self.trainable, max_norm)
+        else:
+            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), max_norm))
+        self.guard.check_grad_norm(grad_norm, state["step"] + 1, state)
+        return grad_norm
+
+    # -- after the step ------------------------------------------------------------
+    def _epoch(self, step: int) -> float:
+        return round(step / self.plan.steps_per_epoch, 4)
+
+    def _log(self, step: int, grad_norm: float | None) -> None:
+        w, dt = self._window, time.perf_counter() - self._window.t0
+        rec = {"type": "train", "step": step, "epoch": self._epoch(step), "loss": round(w.loss / w.steps, 6),
+               "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": round(w.tokens / dt, 1) if dt > 0 else None}
+        if grad_norm is not None:
+            rec["grad_norm"] = round(grad_norm, 6)
+        if self.main:
+            self.run.log_metrics(rec)
+            for cb in self.callbacks:
+                cb.on_log(self, rec)
+        self._progress.train_line(rec, self.plan.total_steps)
+        self._window = _LogWindow()
+
+    def _evaluate_and_keep_best(self, state: dict) -> bool:
+        """Validation metrics logged and shown, the best weights kept; True when early stopping ends the run."""
+        step = state["step"]
+        m = self.evaluate()
+        rec = {"type": "eval", "split": "validation", "step": step, "epoch": self._epoch(step),
+               **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+        if self.main:
+            self.run.log_metrics(rec)
+        self.guard.check_eval(rec, state)
+        if self.main:
+            for cb in self.callbacks:
+                cb.on_evaluate(self, rec)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k in self.task.metric_names)
+        self._progress.write(f"[eval step {step}] {shown}")
+        stop = self._keep_best(m.get(self.watch), state)
+        self.model.train()
+        return stop
+
+    def _keep_best(self, value: float, state: dict) -> bool:
+        """Saves the weights of a new best; counts evaluations without one. True: stop early."""
+        if self._improved(value, state["best"]):
+            state.update(best=value, best_step=state["step"], bad_evals=0)
+            self._save_weights(self.run.best_ckpt)
+            return False
+        state["bad_evals"] += 1
+        es = self.tc.early_stopping
+        if not (es and state["bad_evals"] >= es.patience):
+            return False
+        state["stopped_early"] = True
+        print(f"Early stopping at step {state['step']}: validation {self.watch} has not improved "
+              f"for {es.patience} evaluations (best {state['best']:.4f} at step {state['best_step']}).", flush=True)
+        return True
+
+    def _checkpoint(self, state: dict, evaluated: bool, last: bool) -> None:
+        """The resumable checkpoint (checkpoints/last), at save_every or each evaluation; none at the
+        last step, where the finish takes over. On Ctrl-C: saved now, then Interrupted is raised."""
+        saved = not last and ((state["step"] % self.tc.save_every == 0) if self.tc.save_every else evaluated)
+        if saved:
+            self._save_checkpoint(state)
+        if faults.stop_requested():  # Ctrl-C: stop at this step boundary, resumable exactly
+            self._progress.bar.close()
+            if not saved:
+                self._save_checkpoint(state)
+            raise faults.Interrupted(state["step"])

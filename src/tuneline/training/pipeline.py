@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import distributed, faults, preflight
 from .. import hardware
@@ -20,9 +19,12 @@ from ..data.split import split_rows
 from ..errors import RunStopped, UserError
 from .methods import apply_method, count_parameters
 from ..models import resolve_model, load_tokenizer
-from ..recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_yaml
-from ..runs import RunDir, atomic_write_json, atomic_write_text, package_versions
+from ..recipe import Recipe, apply_overrides, load_recipe, recipe_diff, recipe_from_dict, recipe_to_yaml
+from ..runs import RunDir, RunResult, atomic_write_json, atomic_write_text, package_versions
 from ..tasks import get_task
+from .context import RunContext
+from .finish import finish_run
+from .loop import Trainer
 from .trackers import check_available as check_trackers, tracking
 
 
@@ -62,7 +64,7 @@ def load_splits(recipe: Recipe, base_dir: Path | None, task, tokenizer=None) -> 
             if streamed:
                 strata = train.strata()
             else:
-                strata = task.strata(train, recipe) if hasattr(task, "strata") else None
+                strata = task.strata(train, recipe)
             train, parts[name] = split_rows(train, size, recipe.train.seed, strata, name)
             held[name] = True
     audit_train = None
@@ -88,7 +90,15 @@ def _accelerator(precision: str):
 
     if precision == "fp16" and hardware.device_type() == "cpu":
         raise UserError("train.precision: fp16 needs a GPU; use auto, fp32 or bf16 on a CPU")
-    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+        # Accelerate keeps one precision per process and refuses another: a second run in the same
+        # process (a notebook, tests) with another precision would fail. The process group (PartialState)
+        # stays; only the precision state is dropped. Accelerate has no public call for this.
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed)
 
 
 def train(recipe: Recipe | str | Path, **kwargs) -> "RunResult | dict | None":
@@ -109,37 +119,70 @@ def train(recipe: Recipe | str | Path, **kwargs) -> "RunResult | dict | None":
 def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, output: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, base_dir: Path | None = None,
           force: bool = False, callbacks: list | None = None, dry_run: bool = False) -> "RunResult | dict":
-    name = "run"
     recipe_arg = recipe if isinstance(recipe, (str, Path)) else None
+    recipe, base_dir, name = _read_recipe(recipe, overrides, base_dir)
+    run = RunDir(output or recipe.output or Path("runs") / name)
+    resume = _check_output(run, recipe, resume, overwrite, dry_run)
+    if resume and not dry_run and run.read_manifest().get("status") == "completed":
+        print(f"{run.path} is already complete; nothing to resume.")
+        return RunResult.load(run.path)
+    task, source, tokenizer, precision = _set_up(recipe, base_dir)
+    splits, hashes, replay = _load_data(recipe, task, tokenizer, base_dir, run if resume else None)
+    audit_result = run_audit(recipe, task, splits, tokenizer, force or dry_run)
+    prepared = task.prepare(splits, recipe, tokenizer)
+    preflight.check(recipe, task, source, prepared, run.path, writes=not dry_run)
+    if dry_run:
+        return _dry_run(recipe, task, source, tokenizer, prepared, precision)
+    if replay:
+        prepared.train = replay.mix_into(prepared.train)
+    started = run.read_manifest().get("started", time.time()) if resume else time.time()
+    ctx = RunContext(recipe, task, source, tokenizer, prepared, run, precision, resume, started, list(callbacks or []))
+    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
+    if not distributed.is_main():
+        return _train_and_finish(ctx)  # rank 0 alone writes the run folder
+    fresh, existed = _open_run_folder(ctx, overwrite, splits, hashes, audit_result)
+    return _train_recorded(ctx, fresh, existed, faults.resume_command(recipe_arg, run.path, overrides, force))
+
+
+def _read_recipe(recipe: Recipe | str | Path, overrides: list[str] | None,
+                 base_dir: Path | None) -> tuple[Recipe, Path | None, str]:
+    """The recipe with its --set overrides, the folder its relative paths start from, and the
+    run's default name (the recipe file's, or its folder's for a file called recipe.yaml)."""
     if isinstance(recipe, (str, Path)):
-        name = Path(recipe).stem if Path(recipe).stem != "recipe" else Path(recipe).resolve().parent.name
+        path = Path(recipe)
+        name = path.stem if path.stem != "recipe" else path.resolve().parent.name
         recipe, base_dir = load_recipe(recipe, overrides)
-    elif overrides:
-        from ..recipe import apply_overrides
-
+        return recipe, base_dir, name
+    if overrides:
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
-    out = Path(output or recipe.output or Path("runs") / name)
-    run = RunDir(out)
-    if not dry_run:
-        preflight.check_output_path(out)
-    if run.path.exists() and any(run.path.iterdir()) and not dry_run:
-        if resume:
-            if not run.exists():
-                raise UserError(f"{out}: not a run folder (run.json missing); nothing to resume")
-            saved = recipe_from_dict(yaml.safe_load(run.recipe.read_text()), str(run.recipe))
-            diff = _recipe_diff(saved, recipe)
-            if diff:
-                raise UserError(f"--resume: the recipe differs from the run's ({', '.join(diff)}); "
-                                f"resume with the same recipe, or start a new run")
-            if run.read_manifest().get("status") == "completed":
-                print(f"{out} is already complete; nothing to resume.")
-                return RunResult.load(out)
-        elif not overwrite:
-            raise UserError(f"{out}: run folder already exists; use --resume to continue it, --overwrite to "
-                            f"replace it, or set output to a new folder")
-    elif resume:
-        resume = False  # nothing to resume: a fresh run
+    return recipe, base_dir, "run"
 
+
+def _check_output(run: RunDir, recipe: Recipe, resume: bool, overwrite: bool, dry_run: bool) -> bool:
+    """Checks the output folder against --resume / --overwrite; returns whether the run resumes
+    (an empty or missing folder has nothing to resume: a fresh run). A dry run writes nothing."""
+    if not dry_run:
+        preflight.check_output_path(run.path)
+    if not (run.path.exists() and any(run.path.iterdir())):
+        return False
+    if dry_run:
+        return resume
+    if resume:
+        if not run.exists():
+            raise UserError(f"{run.path}: not a run folder (run.json missing); nothing to resume")
+        diff = [k for k in recipe_diff(run.load_recipe(), recipe) if k != "output"]
+        if diff:
+            raise UserError(f"--resume: the recipe differs from the run's ({', '.join(diff)}); "
+                            f"resume with the same recipe, or start a new run")
+    elif not overwrite:
+        raise UserError(f"{run.path}: run folder already exists; use --resume to continue it, --overwrite to "
+                        f"replace it, or set output to a new folder")
+    return resume
+
+
+def _set_up(recipe: Recipe, base_dir: Path | None) -> tuple:
+    """Checks what the recipe names before any data is read; returns (task, model source,
+    tokenizer, precision)."""
     _resolve_eval_files(recipe, base_dir)
     task = get_task(recipe.task)
     if recipe.train.early_stopping and recipe.train.early_stopping.metric not in task.metric_names:
@@ -149,69 +192,78 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
     _setup_threads(recipe)
     precision = hardware.resolve_precision(recipe.train.precision)
     source = resolve_model(recipe.model, base_dir)
-    tokenizer = load_tokenizer(source.path, recipe.trust_remote_code)
+    return task, source, load_tokenizer(source.path, recipe.trust_remote_code), precision
+
+
+def _load_data(recipe: Recipe, task, tokenizer, base_dir: Path | None, resumed: RunDir | None):
+    """The splits, their files' hashes (run.json's `data`) and the replay rows (or None); for a
+    resumed run, the files are checked against the hashes it started with."""
     splits, hashes = load_splits(recipe, base_dir, task, tokenizer)
-    replay = load_replay(recipe, tokenizer, base_dir, len(splits.train)) if recipe.train.replay else None
+    replay = load_replay(recipe, task, tokenizer, base_dir, len(splits.train)) if recipe.train.replay else None
     if replay:
         hashes["replay"] = replay.source  # in run.json, and checked on resume like the data files
-    if resume:
-        old = run.read_manifest().get("data", {})
+    if resumed is not None:
+        old = resumed.read_manifest().get("data", {})
         changed = [k for k, v in hashes.items() if old.get(k, {}).get("sha256") != v["sha256"]]
         if changed:
             raise UserError(f"--resume: data changed since the run started ({', '.join(changed)}); start a new run")
+    return splits, hashes, replay
 
-    audit_result = run_audit(recipe, splits, tokenizer, force or dry_run)
-    prepared = task.prepare(splits, recipe, tokenizer)
-    preflight.check(recipe, task, source, prepared, out, writes=not dry_run)
-    if dry_run:
-        from .estimate import dry_run as estimate, format_plan
 
-        plan = estimate(recipe, task, source, tokenizer, prepared)
-        where = (f"{torch.get_num_threads()} CPU threads" if hardware.device_type() == "cpu"
-                 else hardware.describe()["cuda_device"])
-        print(format_plan(plan, recipe, precision, where), flush=True)
-        return plan
-    if replay:
-        prepared.train = replay.mix_into(prepared.train)
-    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
-    main = distributed.is_main()
-    if overwrite and not resume and run.path.exists() and main:
+def _dry_run(recipe: Recipe, task, source, tokenizer, prepared, precision: str) -> dict:
+    from .estimate import dry_run as estimate, format_plan
+
+    plan = estimate(recipe, task, source, tokenizer, prepared)
+    print(format_plan(plan, recipe, precision, _where()), flush=True)
+    return plan
+
+
+def _where() -> str:
+    """Where training runs, for the terminal."""
+    if hardware.device_type() == "cpu":
+        return f"{torch.get_num_threads()} CPU threads"
+    return hardware.describe()["cuda_device"]
+
+
+def _open_run_folder(ctx: RunContext, overwrite: bool, splits: Splits, hashes: dict, audit_result) -> tuple[bool, bool]:
+    """Rank 0 writes the run's audit, recipe, held-out splits and run.json. Returns (fresh,
+    existed): the folder held nothing of value yet / was there before this run."""
+    run, recipe = ctx.run, ctx.recipe
+    if overwrite and not ctx.resume and run.path.exists():
         # only now, with recipe, model and data checked: a bad input never costs the old run
         shutil.rmtree(run.path)
-    started = time.time()
-    if resume:
-        started = run.read_manifest().get("started", started)
-    if not main:
-        return _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started, callbacks)
     existed = run.path.exists()
-    fresh = not resume and not (existed and any(run.path.iterdir()))  # nothing of value in it yet
+    fresh = not ctx.resume and not (existed and any(run.path.iterdir()))
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.path / "audit.json", audit_result.as_dict())
-    if not resume:
+    if not ctx.resume:
         atomic_write_text(run.recipe, recipe_to_yaml(recipe))
         for split_name in splits.held_out:
             write_jsonl(run.splits / f"{split_name}.jsonl", getattr(splits, split_name).records)
     run.update_manifest(nproc=distributed.world()[1],
         status="running", task=recipe.task, method=recipe.method, model=recipe.model,
-        model_path=source.path, precision=precision, started=started, data=hashes,
+        model_path=ctx.source.path, precision=ctx.precision, started=ctx.started, data=hashes,
         held_out={k: f"data/{k}.jsonl" for k in splits.held_out},  # relative to the run folder
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
         versions=package_versions(), hardware=hardware.describe(), error=None,
     )
+    return fresh, existed
+
+
+def _train_recorded(ctx: RunContext, fresh: bool, existed: bool, resume_cmd: str) -> RunResult:
+    """Trains and finishes with the trackers open; a stop or failure is recorded in run.json."""
     try:
-        with tracking(recipe, run) as trackers:
-            result = _train_and_finish(recipe, task, source, tokenizer, prepared, run, precision, resume, started,
-                                       [*(callbacks or []), *trackers])
+        with tracking(ctx.recipe, ctx.run) as trackers:
+            ctx.callbacks = [*ctx.callbacks, *trackers]
+            return _train_and_finish(ctx)
     except RunStopped as e:  # stopped on purpose by a callback (e.g. a pruned search trial)
-        run.update_manifest(status=e.status, ended=time.time(), error=None, stopped=str(e))
+        ctx.run.update_manifest(status=e.status, ended=time.time(), error=None, stopped=str(e))
         raise
     except BaseException as e:
-        err = faults.on_failure(run, e, recipe, fresh=fresh, existed=existed,
-                                resume_cmd=faults.resume_command(recipe_arg, out, overrides, force))
+        err = faults.on_failure(ctx.run, e, ctx.recipe, fresh=fresh, existed=existed, resume_cmd=resume_cmd)
         if err is e:
             raise
         raise err from e
-    return result
 
 
 def _resolve_eval_files(recipe: Recipe, base_dir: Path | None) -> None:
@@ -222,12 +274,12 @@ def _resolve_eval_files(recipe: Recipe, base_dir: Path | None) -> None:
         e.forgetting.reference = str(resolve_data_path(e.forgetting.reference, base_dir, "eval.forgetting.reference"))
     if isinstance(e.counterfactuals, str):
         e.counterfactuals = str(resolve_data_path(e.counterfactuals, base_dir, "eval.counterfactuals"))
-        from ..evaluate.counterfactual import load_pairs
+        from ..evaluation.counterfactual import load_pairs
 
         load_pairs(e.counterfactuals)  # a malformed pairs file fails now, not after training
 
 
-def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
+def run_audit(recipe: Recipe, task, splits: Splits, tokenizer, force: bool):
     """The same audit as `tuneline data check`, before any training time is spent."""
     from ..data.audit import audit, format_table
 
@@ -239,10 +291,9 @@ def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
     if len(train) < len(splits.train):
         print(f"Data audit on the first {len(train):,} of {len(splits.train):,} training rows (the file is "
               f"streamed; `tuneline data check {splits.train.source}` audits every row)", flush=True)
-    result = audit({"train": train, "validation": splits.validation, "test": splits.test}, recipe.task,
+    result = audit({"train": train, "validation": splits.validation, "test": splits.test}, task.data_shape,
                    text_column=d.text_column, label_column=d.label_column, fmt=d.format, tokenizer=tokenizer,
-                   max_length=recipe.train.max_length,
-                   system_prompt=recipe.generate.system_prompt if recipe.task == "generate" else None)
+                   max_length=recipe.train.max_length, **task.audit_options(recipe))
     print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; details in the run's audit.json)", flush=True)
     if result.errors and not force:
         from ..data.audit import error_summary
@@ -252,62 +303,53 @@ def run_audit(recipe: Recipe, splits: Splits, tokenizer, force: bool):
     return result
 
 
-def _recipe_diff(a: Recipe, b: Recipe) -> list[str]:
-    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
-    out = []
-
-    def walk(x, y, prefix):
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y)):
-                walk(x.get(k), y.get(k), f"{prefix}{k}.")
-        elif x != y:
-            out.append(prefix.rstrip("."))
-
-    walk(da, db, "")
-    return [k for k in out if k != "output"]
-
-
-def _train_and_finish(recipe, task, source, tokenizer, prepared, run: RunDir, precision, resume, started,
-                      callbacks=None):
-    from transformers import set_seed
-
-    from .finish import finish_run
-
-    # Seed before the model is built: the new head's initial weights depend on it.
-    set_seed(recipe.train.seed)
-    model = task.load_model(source.path, recipe, tokenizer, prepared.labels)
-    model = apply_method(model, recipe)
-    trainable, total = count_parameters(model)
-    print(f"Model {recipe.model} ({source.kind}), method {recipe.method}: trainable parameters "
-          f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)", flush=True)
-    where = (f"{torch.get_num_threads()} CPU threads" if hardware.device_type() == "cpu"
-             else hardware.describe()["cuda_device"])
-    print(f"Data: {len(prepared.train)} train, {len(prepared.validation)} validation, {len(prepared.test)} test rows; "
-          f"precision {precision} on {where}", flush=True)
-    if distributed.is_main():
-        run.update_manifest(parameters={"trainable": trainable, "total": total})
-
-    from .loop import Trainer
-
-    accelerator = _accelerator(precision)
-    trainer = Trainer(model=model, task=task, train_data=prepared.train, val_data=prepared.validation,
-                      labels=prepared.labels, recipe=recipe, run=run, pad_id=tokenizer.pad_token_id,
-                      accelerator=accelerator, callbacks=callbacks)
-    print(f"Training {trainer.plan.total_steps} steps ({trainer.plan.steps_per_epoch} per epoch) -> {run.path}",
-          flush=True)
-    with faults.graceful_interrupt(enabled=not distributed.active()):
-        state = trainer.run_loop(resume=resume)
-    if trainer.sharded:
-        model = _unsharded_model(trainer, task, source, recipe, tokenizer, prepared.labels, state)
-    else:
-        model = accelerator.unwrap_model(trainer.model)
-    del trainer
+def _train_and_finish(ctx: RunContext) -> RunResult | None:
+    """Builds the model, trains it and, on rank 0, finishes the run (None on the other ranks)."""
+    model, state = _train_model(ctx, _build_model(ctx))
     if not distributed.is_main():
         return None  # rank 0 writes the model, evaluates and reports
-    return finish_run(recipe, task, source, tokenizer, prepared, run, model, state, started)
+    return finish_run(ctx, model, state)
 
 
-def _unsharded_model(trainer, task, source, recipe, tokenizer, labels, state):
+def _build_model(ctx: RunContext):
+    from transformers import set_seed
+
+    recipe = ctx.recipe
+    # Seed before the model is built: the new head's initial weights depend on it.
+    set_seed(recipe.train.seed)
+    model = _new_model(ctx)
+    trainable, total = count_parameters(model)
+    print(f"Model {recipe.model} ({ctx.source.kind}), method {recipe.method}: trainable parameters "
+          f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)", flush=True)
+    p = ctx.prepared
+    print(f"Data: {len(p.train)} train, {len(p.validation)} validation, {len(p.test)} test rows; "
+          f"precision {ctx.precision} on {_where()}", flush=True)
+    if distributed.is_main():
+        ctx.run.update_manifest(parameters={"trainable": trainable, "total": total})
+    return model
+
+
+def _new_model(ctx: RunContext):
+    """The base model with the task's head, made ready by the recipe's method."""
+    model = ctx.task.load_model(ctx.source.path, ctx.recipe, ctx.tokenizer, ctx.prepared.labels)
+    return apply_method(model, ctx.recipe, ctx.task)
+
+
+def _train_model(ctx: RunContext, model) -> tuple[object, dict]:
+    """Runs the loop; returns the trained model as a plain one (None on ranks > 0 of a sharded
+    run) and the loop state."""
+    accelerator = _accelerator(ctx.precision)
+    trainer = Trainer(ctx, model, accelerator)
+    print(f"Training {trainer.plan.total_steps} steps ({trainer.plan.steps_per_epoch} per epoch) -> {ctx.run.path}",
+          flush=True)
+    with faults.graceful_interrupt(enabled=not distributed.active()):
+        state = trainer.run_loop(resume=ctx.resume)
+    if trainer.sharded:
+        return _unsharded_model(trainer, ctx, state), state
+    return accelerator.unwrap_model(trainer.model), state
+
+
+def _unsharded_model(trainer, ctx: RunContext, state: dict):
     """The trained model as a plain one on rank 0 (None elsewhere), for finish_run: rebuilt from the
     source like at the start, then given the trained weights. finish_run restores the best
     checkpoint's weights anyway; the final ones are gathered only when there is none."""
@@ -318,7 +360,7 @@ def _unsharded_model(trainer, task, source, recipe, tokenizer, labels, state):
     if not main:
         return None
     trainer.root = trainer.model = trainer.optimizer = None  # drop the shards before the full copy is built
-    model = apply_method(task.load_model(source.path, recipe, tokenizer, labels), recipe)
+    model = _new_model(ctx)
     load_trainable_state(model, final)
     device = trainer.acc.device
     if device.type != "cpu":
@@ -330,17 +372,3 @@ def _unsharded_model(trainer, task, source, recipe, tokenizer, labels, state):
             torch.cuda.empty_cache()
             print("The trained model does not fit one device: the test evaluation runs on the CPU.", flush=True)
     return model
-
-
-@dataclass
-class RunResult:
-    path: Path
-    eval: dict
-
-    @classmethod
-    def load(cls, path) -> "RunResult":
-        import json
-
-        run = RunDir(path)
-        data = json.loads(run.eval_file.read_text()) if run.eval_file.exists() else {}
-        return cls(Path(path), data)

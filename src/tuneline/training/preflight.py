@@ -11,9 +11,10 @@ from pathlib import Path
 
 from .. import hardware
 from ..errors import UserError
+from .methods import check_method, get_method
 
 # Encoder-only families: Transformers gives some of them a causal-LM class (BertLMHeadModel),
-# but their weights were never trained to predict the next token, so `generate` would learn from noise.
+# but their weights were never trained to predict the next token, so a causal-LM task would learn from noise.
 ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
                 "mpnet", "camembert", "modernbert", "ernie", "megatron-bert", "roformer", "nomic_bert"}
 # Families whose positions are a learned table: a longer input indexes past its end and crashes mid-run.
@@ -43,10 +44,10 @@ def check_output_path(out: Path) -> None:
 
 def check(recipe, task, source, prepared, out: Path, *, writes: bool = True) -> None:
     config = _config(recipe, source)
-    _check_task_model(recipe, config)
+    _check_task_model(recipe, task, config)
     _check_max_length(recipe, config)
     _check_precision(recipe)
-    _check_adapter_targets(recipe, config)
+    check_method(recipe, config)
     _check_slices(recipe, prepared)
     _check_weights_readable(recipe, source)
     if writes:
@@ -59,21 +60,20 @@ def _config(recipe, source):
     return load_config(source.path, recipe.trust_remote_code)
 
 
-def _check_task_model(recipe, config) -> None:
+def _check_task_model(recipe, task, config) -> None:
     mtype = getattr(config, "model_type", "")
-    if recipe.task == "generate" and mtype in ENCODER_ONLY and not getattr(config, "is_decoder", False):
-        raise UserError(f"model: {recipe.model} is an encoder ({mtype}), which cannot write text; task generate "
+    if task.causal_lm and mtype in ENCODER_ONLY and not getattr(config, "is_decoder", False):
+        raise UserError(f"model: {recipe.model} is an encoder ({mtype}), which cannot write text; task {task.name} "
                         f"needs a decoder such as smollm2-135m-instruct, or use task: classify with this model")
     if recipe.trust_remote_code:
         return  # its own code decides which heads exist
-    from transformers.models.auto import modeling_auto as auto
+    import transformers
 
-    mapping = (auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES if recipe.task == "classify"
-               else auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-    if mtype and mtype not in mapping:
-        head = "sequence-classification" if recipe.task == "classify" else "causal language-model"
-        raise UserError(f"model: {recipe.model} ({mtype}) has no {head} head in Transformers; "
-                        f"choose another model for task {recipe.task}")
+    # the auto class's table of architectures (model_type -> model class) it can build
+    mapping = getattr(getattr(transformers, task.model_class), "_model_mapping", None)
+    if mtype and mapping is not None and type(config) not in mapping:
+        raise UserError(f"model: {recipe.model} ({mtype}) has no head for task {task.name} in Transformers "
+                        f"({task.model_class} cannot build it); choose another model for task {task.name}")
 
 
 def _check_max_length(recipe, config) -> None:
@@ -92,30 +92,6 @@ def _check_max_length(recipe, config) -> None:
 def _check_precision(recipe) -> None:
     if recipe.train.precision == "fp16" and hardware.device_type() == "cpu":
         raise UserError("train.precision: fp16 needs a GPU; use auto, fp32 or bf16 on a CPU")
-
-
-def _check_adapter_targets(recipe, config) -> None:
-    """Targets named in the recipe must exist: PEFT's own error names neither the key nor the choices."""
-    if recipe.method in ("lora", "dora"):
-        targets, key = recipe.lora.target_modules, "lora.target_modules"
-    elif recipe.method == "ia3":
-        targets, key = recipe.ia3.target_modules, "ia3.target_modules"
-    else:
-        return
-    if not targets:
-        return
-    import torch.nn as nn
-    from accelerate import init_empty_weights
-    from transformers import AutoModel
-
-    with init_empty_weights():  # the module tree without allocating a single weight
-        skeleton = AutoModel.from_config(config, trust_remote_code=recipe.trust_remote_code)
-    names = [n for n, _ in skeleton.named_modules()]
-    if any(n == t or n.endswith("." + t) for t in targets for n in names):
-        return
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)})
-    raise UserError(f"{key}: {targets} match no layer of {recipe.model}; its linear layers are named "
-                    f"{', '.join(linear[:12])}; leave {key} empty for the default")
 
 
 def _check_weights_readable(recipe, source) -> None:
@@ -154,14 +130,13 @@ def _check_slices(recipe, prepared) -> None:
 
 
 def estimate_bytes(recipe, source) -> int | None:
-    """Disk a run needs: the final model, plus best and last checkpoints (full tuning: weights and
-    two Adam moments). None when the weights are not local (a hub id)."""
+    """Disk a run needs: the final model, plus best and last checkpoints (as much as the method
+    trains: full tuning keeps weights and two Adam moments). None when the weights are not local (a hub id)."""
     path = Path(source.path)
     if not path.is_dir():
         return None
     weights = sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
-    checkpoints = 4 * weights if recipe.method == "full" else (2 * weights if recipe.method == "freeze" else 0)
-    return weights + checkpoints + MARGIN
+    return int(weights * (1 + get_method(recipe.method).checkpoint_share)) + MARGIN
 
 
 def check_disk_space(recipe, source, out: Path) -> None:

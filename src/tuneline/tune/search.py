@@ -15,10 +15,11 @@ from pathlib import Path
 
 from .. import hardware
 from ..errors import RunFailed, UserError
-from ..recipe import load_recipe
+from ..recipe import load_recipe, recipe_diff
 from .budget import fmt_seconds, probe
 from .space import base_dict, build_space
-from .study import LOSS_LIKE, Settings, StudyDir, open_study, recover
+from ..evaluation.direction import lower_is_better
+from .study import Settings, StudyDir, open_study, recover
 from .summary import format_summary, require_metric, summarize
 
 
@@ -44,7 +45,7 @@ def make_settings(recipe_path: Path, overrides: list[str], trials: int | None, n
     metric = search.metric or (recipe.train.early_stopping.metric if recipe.train.early_stopping
                                else _default_metric(recipe.task))
     require_metric(metric, recipe.task)
-    direction = search.direction or ("minimize" if metric in LOSS_LIKE else "maximize")
+    direction = search.direction or ("minimize" if lower_is_better(metric) else "maximize")
     if nproc < 1:
         raise UserError("--nproc: give 1 or more processes")
     threads = max(1, hardware.physical_cores() // nproc) if nproc > 1 else None
@@ -99,18 +100,12 @@ def _prepare_study(sd: StudyDir, s: Settings, overwrite: bool) -> None:
             for f in (sd.db, sd.summary_file, sd.best_recipe, sd.report, sd.settings_file):
                 f.unlink(missing_ok=True)
         elif old.identity() != s.identity():
-            diff = _diff(old.identity(), s.identity())
+            diff = recipe_diff(old.identity(), s.identity())
             raise UserError(f"{sd.path}: this study was started with a different recipe or search ({', '.join(diff)}); "
                             "run the same recipe to continue it, or use --overwrite or another -o")
     elif sd.path.exists() and any(p for p in sd.path.iterdir() if not p.name.startswith(".")):
         if not overwrite:
             raise UserError(f"{sd.path}: folder exists and is not a study; give another folder with -o or --overwrite")
-
-
-def _diff(a, b, prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [prefix.rstrip(".")] if a != b else []
 
 
 def run_search(recipe: str | Path, *, overrides: list[str] | None = None, trials: int | None = None,
@@ -126,18 +121,7 @@ def run_search(recipe: str | Path, *, overrides: list[str] | None = None, trials
     with sd.session_lock():
         _prepare_study(sd, s, overwrite)
         started = time.time()
-        study = open_study(sd, s)
-        existing = len(study.get_trials(deepcopy=False))
-        s.session = {"started": started, "seed_offset": 7919 * existing,
-                     "timeout_end": started + timeout_seconds if timeout_seconds else None,
-                     "budget_end": started + budget_seconds if budget_seconds else None}
-        sd.write_settings(s)
-        again = recover(study)
-        done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
-        if existing:
-            print(f"Resuming the study in {sd.path}: {done} trials finished"
-                  + (f"; interrupted trials run again from their checkpoints: {', '.join(map(str, again))}" if again else ""),
-                  flush=True)
+        _start_session(sd, s, started, timeout_seconds, budget_seconds)
         limits = [f"{s.trials} trials"] + ([f"timeout {fmt_seconds(timeout_seconds)}"] if timeout_seconds else []) \
             + ([f"budget {fmt_seconds(budget_seconds)}"] if budget_seconds else [])
         print(f"Search: validation {s.metric} ({s.direction}), {', '.join(limits)}, "
@@ -155,6 +139,24 @@ def run_search(recipe: str | Path, *, overrides: list[str] | None = None, trials
     if reason.startswith("failed"):
         raise RunFailed(f"the search stopped: {reason}")
     return SearchResult(sd.path, summary)
+
+
+def _start_session(sd: StudyDir, s: Settings, started: float, timeout_seconds: float | None,
+                   budget_seconds: float | None) -> None:
+    """This session's limits in the settings; trials a killed session left running are queued
+    again (they resume from their checkpoints)."""
+    study = open_study(sd, s)
+    existing = len(study.get_trials(deepcopy=False))
+    s.session = {"started": started, "seed_offset": 7919 * existing,
+                 "timeout_end": started + timeout_seconds if timeout_seconds else None,
+                 "budget_end": started + budget_seconds if budget_seconds else None}
+    sd.write_settings(s)
+    again = recover(study)
+    if existing:
+        done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+        print(f"Resuming the study in {sd.path}: {done} trials finished"
+              + (f"; interrupted trials run again from their checkpoints: {', '.join(map(str, again))}" if again else ""),
+              flush=True)
 
 
 def _old_best(sd: StudyDir) -> str | None:

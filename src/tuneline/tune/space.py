@@ -11,7 +11,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..errors import UserError
-from ..recipe import DEFAULT_LR, Recipe, SearchParam, recipe_from_dict
+from ..recipe import Recipe, SearchParam, recipe_from_dict
+from ..training.methods import get_method
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def base_dict(recipe: Recipe) -> dict:
 
 def trial_recipe(base: dict, values: dict[str, Any]) -> Recipe:
     data = copy.deepcopy(base)
-    if "method" in values and "train.lr" not in values and data["train"]["lr"] == DEFAULT_LR[data["method"]]:
+    if "method" in values and "train.lr" not in values and data["train"]["lr"] == get_method(data["method"]).default_lr:
         data["train"]["lr"] = None  # the base only had its method's default lr: each method gets its own
     for key, value in values.items():
         set_key(data, key, value)

@@ -15,7 +15,6 @@ from ..recipe import Recipe, recipe_from_dict
 from ..runs import atomic_write_json
 
 STUDY_NAME = "tuneline"
-LOSS_LIKE = ("loss", "perplexity")
 
 
 @dataclass

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
 from ..errors import RunFailed, RunStopped, UserError
 from ..training.loop import Callback
 from ..recipe import Recipe, recipe_from_dict
@@ -111,11 +109,10 @@ def prepare_trial(trial, sd: StudyDir, s: Settings, dims: list[Dimension]) -> tu
     params = {d.key: d.sample(trial) for d in dims}
     old_number = trial.user_attrs.get("resume_of")
     if old_number is not None:
-        old = sd.trial_dir(old_number)
-        if (old / "run.json").exists() and (old / "recipe.yaml").exists() and not folder.exists():
-            old.rename(folder)
-            recipe = recipe_from_dict(yaml.safe_load((folder / "recipe.yaml").read_text()), str(folder / "recipe.yaml"))
-            return recipe, folder, True, params
+        old = RunDir(sd.trial_dir(old_number))
+        if old.exists() and old.recipe.exists() and not folder.exists():
+            old.path.rename(folder)
+            return RunDir(folder).load_recipe(), folder, True, params
     recipe = trial_recipe(s.base, params)
     recipe.output = str(folder)  # where the trial ran, so its recipe.yaml says so
     if s.threads and s.base["train"].get("num_threads") is None:

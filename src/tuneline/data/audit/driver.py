@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
-from ..io import Rows
+from ..io import Rows, no_rows
 from . import index as ix
 from .findings import Finding, Findings
-from .items import INVALID, make_reader, normalise
+from .items import CHAT, INVALID, LABELLED_TEXT, SHAPES, Item, make_reader, normalise
 from .label_noise import Reservoir, check_label_noise
 from . import near
-from .row_checks import LengthCheck, check_encoding, check_pii
+from .row_checks import check_encoding, check_pii, length_check
 from .source import Source
+
+CHAT_SIGNS = {"messages", "conversations", "completion", "output"}  # columns only chat rows have
 
 
 @dataclass
@@ -40,75 +41,99 @@ class AuditResult:
         return {"rows": self.rows, "findings": [asdict(f) for f in self.findings]}
 
 
-def guess_task(path: str | Path) -> str:
-    """generate if the first rows look like chats, else classify."""
+def guess_shape(path: str | Path) -> str:
+    """chat if the first rows look like chats, else labelled_text."""
     cols = set(Source("train", path).head.columns)
-    return "generate" if cols & {"messages", "conversations", "completion", "output"} else "classify"
+    return CHAT if cols & CHAT_SIGNS else LABELLED_TEXT
 
 
-def audit(splits: dict[str, Rows | str | Path | None], task: str, *, text_column: str | None = None,
+def audit(splits: dict[str, Rows | str | Path | None], shape: str, *, text_column: str | None = None,
           label_column: str | None = None, fmt: str = "auto", tokenizer=None, max_length: int | None = None,
           label_noise: bool = True, system_prompt: str | None = None) -> AuditResult:
-    """Audit the splits (train first): each a path (JSONL is streamed) or rows already read."""
+    """Audit the splits (train first): each a path (JSONL is streamed) or rows already read.
+    `shape` is what the rows hold (a task's `data_shape`): "labelled_text" or "chat"."""
+    if shape not in SHAPES:
+        raise ValueError(f"the data audit checks rows of shape {', '.join(SHAPES)}, not {shape!r}")
     out = Findings()
-    index = ix.RowIndex(task)
-    sample = Reservoir() if task == "classify" and label_noise else None
-    lengths = LengthCheck(task, tokenizer, max_length, out) if tokenizer is not None and max_length else None
-    rows_count: dict[str, int] = {}
-    drop_reasons: dict[tuple[str, int], str] = {}
-    readers = []
+    scan = _FirstPass(shape, out, dict(text_column=text_column, label_column=label_column, fmt=fmt,
+                                       system_prompt=system_prompt),
+                      length_check(shape, tokenizer, max_length, out) if tokenizer is not None and max_length else None,
+                      Reservoir() if shape == LABELLED_TEXT and label_noise else None)
     for split, data in splits.items():
-        if data is None:
-            continue
+        if data is not None:
+            scan.read(split, data)
+    if scan.lengths is not None:
+        scan.lengths.flush()
+    _check_across_rows(scan)
+    drop: dict[str, set[int]] = defaultdict(set)
+    for (file, line) in scan.drop_reasons:
+        drop[file].add(line)
+    return AuditResult(scan.rows_count, out.as_list(), dict(drop), scan.drop_reasons)
+
+
+class _FirstPass:
+    """Pass 1 over each split: per-row checks at once; a usable row leaves its compact state in the
+    index and, for label_noise, a chance to enter the sample."""
+
+    def __init__(self, shape: str, out: Findings, reader_options: dict, lengths, sample: Reservoir | None):
+        self.shape, self.out, self.reader_options = shape, out, reader_options
+        self.lengths, self.sample = lengths, sample
+        self.index = ix.RowIndex(labelled=shape == LABELLED_TEXT)
+        self.rows_count: dict[str, int] = {}
+        self.drop_reasons: dict[tuple[str, int], str] = {}
+        self.readers = []
+
+    def read(self, split: str, data: Rows | str | Path) -> None:
         src = Source(split, data)
-        reader = make_reader(task, src.head, split, text_column, label_column, fmt, system_prompt)
-        code = index.source(split, src.path)
-        readers.append((src, reader))
+        reader = make_reader(self.shape, src.head, split, **self.reader_options)
+        code = self.index.source(split, src.path)
+        self.readers.append((src, reader))
         n = 0
         for line, rec, problem, bad_bytes in src.events():
             n += 1
-            if bad_bytes:
-                out.get("encoding", "error", "bytes that are not valid UTF-8").add(src.path, line, reason="invalid UTF-8")
-            if problem is not None:
-                out.get(*INVALID).add(src.path, line, reason=problem)
-                drop_reasons[(src.path, line)] = "invalid_rows"
-                continue
-            it = reader.item(rec, line, out)
+            it = self._usable(src.path, reader, line, rec, problem, bad_bytes)
             if it is None:
-                drop_reasons[(src.path, line)] = "invalid_or_empty"
                 continue
-            check_encoding(it, out)
-            check_pii(it, out)
-            if lengths is not None:
-                lengths.add(it)
-            index.add(code, it)
-            if sample is not None and split == "train":
-                sample.add(it)
+            check_encoding(it, self.out)
+            check_pii(it, self.out)
+            if self.lengths is not None:
+                self.lengths.add(it)
+            self.index.add(code, it)
+            if self.sample is not None and split == "train":
+                self.sample.add(it)
         if n == 0 and not isinstance(data, Rows):
-            raise UserError(f"{src.path}: no rows (the file is empty or holds only blank lines or a header); "
-                            "give a file with one row per line")
-        rows_count[split] = n
-    if lengths is not None:
-        lengths.flush()
+            raise no_rows(src.path)
+        self.rows_count[split] = n
 
-    cols = index.arrays()
+    def _usable(self, path: str, reader, line: int, rec, problem, bad_bytes: bool) -> Item | None:
+        """The row's item, or None with its findings and the reason --fix drops it."""
+        if bad_bytes:
+            self.out.get("encoding", "error", "bytes that are not valid UTF-8").add(path, line, reason="invalid UTF-8")
+        if problem is not None:
+            self.out.get(*INVALID).add(path, line, reason=problem)
+            self.drop_reasons[(path, line)] = "invalid_rows"
+            return None
+        it = reader.item(rec, line, self.out)
+        if it is None:
+            self.drop_reasons[(path, line)] = "invalid_or_empty"
+        return it
+
+
+def _check_across_rows(scan: _FirstPass) -> None:
+    """The checks that compare rows, on the compact index; repeats and leaked train rows are dropped by --fix."""
+    cols, out = scan.index.arrays(), scan.out
     repeats = ix.check_duplicates(cols, out)
     ix.check_conflicts(cols, out)
     leaked = ix.check_exact_leakage(cols, out)
-    pairs = ix.near_candidates(cols)
-    ix.report_near(cols, _verify(pairs, readers), out)
-    if task == "classify":
+    ix.report_near(cols, _verify(ix.near_candidates(cols), scan.readers), out)
+    if scan.index.labelled:
         ix.check_imbalance(cols, out)
-        if sample is not None:
-            check_label_noise(sample, out)
+    if scan.sample is not None:
+        check_label_noise(scan.sample, out)
     for k in repeats:
-        drop_reasons[cols.where(k)] = "duplicates"
+        scan.drop_reasons[cols.where(k)] = "duplicates"
     for j in leaked:
-        drop_reasons[cols.where(j)] = "leakage"
-    drop: dict[str, set[int]] = defaultdict(set)
-    for (file, line) in drop_reasons:
-        drop[file].add(line)
-    return AuditResult(rows_count, out.as_list(), dict(drop), drop_reasons)
+        scan.drop_reasons[cols.where(j)] = "leakage"
 
 
 def _verify(pairs, readers) -> list[tuple[int, int, float]]:

@@ -1,7 +1,7 @@
 """The compact per-row state of the audit and the checks that compare rows with each other.
 
 Per usable row: source (split and file), line, 64-bit hashes of the normalised input and target,
-a label id and the LSH band keys: about 105 bytes, whatever the length of the text. The checks
+a label id (labelled text) and the LSH band keys: about 105 bytes, whatever the length of the text. The checks
 here (duplicates, conflicting labels, leakage, near duplicates, imbalance) run on these arrays.
 """
 
@@ -26,10 +26,10 @@ def text_hash(text: str) -> int:
 
 
 class RowIndex:
-    def __init__(self, task: str, near_duplicates: bool = True):
-        self.task = task
+    def __init__(self, labelled: bool, near_duplicates: bool = True):
+        self.labelled = labelled                   # the targets are labels (else answers)
         self.sources: list[tuple[str, str]] = []   # (split, file) per source code
-        self.labels: list[str] = []                # classify: label id -> label
+        self.labels: list[str] = []                # labelled: label id -> label
         self._label_ids: dict[str, int] = {}
         self._src, self._line = array("B"), array("I")
         self._inp, self._tgt, self._lab = array("Q"), array("Q"), array("i")
@@ -45,7 +45,7 @@ class RowIndex:
         self._line.append(it.line)
         self._inp.append(text_hash(it.input))
         self._tgt.append(text_hash(it.target))
-        if self.task == "classify":
+        if self.labelled:
             lab = self._label_ids.setdefault(it.target, len(self._label_ids))
             if lab == len(self.labels):
                 self.labels.append(it.target)
@@ -119,10 +119,10 @@ def check_conflicts(c: Columns, out: Findings) -> None:
     ends = np.r_[starts[1:], len(si)]
     mixed = [(s, e) for s, e in zip(starts, ends) if st[s] != st[e - 1]]  # sorted by target: first != last
     groups = sorted((np.sort(train[order[s:e]]) for s, e in mixed), key=lambda g: g[0])
-    sev = "warning" if c.ix.task == "classify" else "info"
+    sev = "warning" if c.ix.labelled else "info"
     f = out.get("conflicting_labels", sev, "the same input with different labels or answers")
     for g in groups:
-        labels = sorted({c.ix.labels[c.lab[k]] for k in g})[:5] if c.ix.task == "classify" else None
+        labels = sorted({c.ix.labels[c.lab[k]] for k in g})[:5] if c.ix.labelled else None
         f.add(*c.where(g[0]), lines=[int(c.line[k]) for k in g][:10], labels=labels)
 
 

@@ -1,6 +1,8 @@
 """Records -> items (what the model reads and what it should produce), one row at a time.
 
-A record the task cannot use becomes a finding (invalid_rows, empty_text, format) instead.
+The audit knows row shapes, not tasks: "labelled_text" (a text and its label) or "chat" (a
+conversation in one of the chat formats); a task names its shape in `Task.data_shape`. A record
+that does not fit the shape becomes a finding (invalid_rows, empty_text, format) instead.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ import unicodedata
 from dataclasses import dataclass
 
 from ...errors import UserError
+from ..chat import detect_format, to_messages, with_system
+from ..columns import LABEL_COLUMNS, TEXT_COLUMNS, find_column, guess_columns, label_to_str
 from ..io import Rows
 from .findings import Findings
 
+LABELLED_TEXT, CHAT = "labelled_text", "chat"
+SHAPES = (LABELLED_TEXT, CHAT)
 INVALID = ("invalid_rows", "error", "lines that do not parse, or lack the fields the task needs")
 
 
@@ -35,25 +41,16 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).lower().translate(_PUNCT).split())
 
 
-class ClassifyReader:
+class LabelledTextReader:
     def __init__(self, head: Rows, split: str, text_col: str | None, label_col: str | None):
-        from ...tasks.classify import LABEL_COLUMNS, TEXT_COLUMNS, guess_columns, label_to_str
-
         guess = guess_columns(head)
-
-        def pick(wanted, candidates, guessed):
-            if wanted:
-                return wanted if wanted in head.columns else None
-            lower = {c.lower(): c for c in head.columns}
-            return next((lower[c] for c in candidates if c in lower), guessed)
-
-        self.tcol, self.lcol = pick(text_col, TEXT_COLUMNS, guess[0]), pick(label_col, LABEL_COLUMNS, guess[1])
+        self.tcol = find_column(head.columns, text_col, TEXT_COLUMNS, guess[0])
+        self.lcol = find_column(head.columns, label_col, LABEL_COLUMNS, guess[1])
         if self.tcol is None or self.lcol is None:
             missing = "text" if self.tcol is None else "label"
             raise UserError(f"{head.path}: cannot tell which column is the {missing} (columns: {', '.join(head.columns)}); "
                             f"give --text-column / --label-column")
         self.split, self.path = split, head.path
-        self.label_to_str = label_to_str
 
     def item(self, rec: dict, line: int, out: Findings) -> Item | None:
         t, lab = rec.get(self.tcol), rec.get(self.lcol)
@@ -65,15 +62,11 @@ class ClassifyReader:
             out.get("empty_text", "error", "empty or whitespace-only inputs or labels").add(
                 self.path, line, field=self.tcol if not t.strip() else self.lcol)
             return None
-        return Item(self.split, self.path, line, t, self.label_to_str(lab))
+        return Item(self.split, self.path, line, t, label_to_str(lab))
 
 
 class ChatReader:
     def __init__(self, head: Rows, split: str, fmt: str, cols: tuple[str, str], system_prompt: str | None = None):
-        from ...tasks.generate import with_system
-        from ..chat import detect_format, to_messages
-
-        self.to_messages, self.with_system = to_messages, with_system  # imported once, called per row
         if fmt == "auto":
             fmt = detect_format(head, *(cols if cols[0] != "prompt" or cols[1] != "completion" else (None, None)))
         self.fmt, self.cols, self.split, self.path = fmt, cols, split, head.path
@@ -81,7 +74,7 @@ class ChatReader:
 
     def item(self, rec: dict, line: int, out: Findings) -> Item | None:
         try:
-            msgs = self.to_messages(rec, self.fmt, f"{self.path}:{line}", columns=self.cols)
+            msgs = to_messages(rec, self.fmt, f"{self.path}:{line}", columns=self.cols)
         except UserError as e:
             reason = str(e).split(": ", 1)[-1]
             if "missing or empty" in reason:
@@ -94,12 +87,12 @@ class ChatReader:
             return None
         prompt = "\n".join(m["content"] for m in msgs[:-1] if m["role"] != "system")
         # training adds generate.system_prompt to rows without one: the length check must see it too
-        return Item(self.split, self.path, line, prompt, msgs[-1]["content"], self.with_system(msgs, self.system_prompt))
+        return Item(self.split, self.path, line, prompt, msgs[-1]["content"], with_system(msgs, self.system_prompt))
 
 
-def make_reader(task: str, head: Rows, split: str, text_column: str | None, label_column: str | None,
+def make_reader(shape: str, head: Rows, split: str, text_column: str | None, label_column: str | None,
                 fmt: str, system_prompt: str | None = None):
-    if task == "classify":
-        return ClassifyReader(head, split, text_column, label_column)
+    if shape == LABELLED_TEXT:
+        return LabelledTextReader(head, split, text_column, label_column)
     cols = (text_column or "prompt", label_column or "completion")
     return ChatReader(head, split, fmt, cols, system_prompt)

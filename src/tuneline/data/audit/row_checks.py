@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
+from ..chat import encode_conversation, ensure_chat_template
 from .findings import Findings
-from .items import Item
+from .items import LABELLED_TEXT, Item
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 ENCODING_WARNING = ("encoding", "warning", "control characters, or mojibake (text decoded with the wrong charset)")
@@ -93,25 +94,22 @@ def check_pii(it: Item, out: Findings) -> None:
             it.file, it.line, kinds=kinds, masked=[mask(v) for _, v in hits][:3])
 
 
-class LengthCheck:
-    """too_long: rows over max_length tokens. For chats, an overflow that truncation would resolve by
-    cutting into the final answer, or into the turn that answer replies to, is a `format` finding:
-    the model would learn an answer cut short, or one to a question it cannot see."""
+def length_check(shape: str, tokenizer, max_length: int, out: Findings):
+    """too_long (and template overflow for chats): rows over max_length tokens with this tokenizer."""
+    return TextLengthCheck(tokenizer, max_length, out) if shape == LABELLED_TEXT else ChatLengthCheck(
+        tokenizer, max_length, out)
 
-    BATCH = 512  # classify inputs are tokenized in batches (the fast tokenizer's batch call)
 
-    def __init__(self, task: str, tokenizer, max_length: int, out: Findings):
-        self.task, self.tok, self.max_length, self.out = task, tokenizer, max_length, out
+class TextLengthCheck:
+    """too_long: inputs over max_length tokens."""
+
+    BATCH = 512  # inputs are tokenized in batches (the fast tokenizer's batch call)
+
+    def __init__(self, tokenizer, max_length: int, out: Findings):
+        self.tok, self.max_length, self.out = tokenizer, max_length, out
         self.pending: list[Item] = []
-        if task != "classify":
-            from ...tasks.generate import ensure_chat_template
-
-            ensure_chat_template(tokenizer)
 
     def add(self, it: Item) -> None:
-        if self.task != "classify":
-            self._check_chat(it)
-            return
         self.pending.append(it)
         if len(self.pending) >= self.BATCH:
             self.flush()
@@ -126,9 +124,21 @@ class LengthCheck:
                     it.file, it.line, tokens=len(ids), cut=f"{len(ids) - self.max_length} tokens from the end")
         self.pending = []
 
-    def _check_chat(self, it: Item) -> None:
-        from ...tasks.generate import encode_conversation
 
+class ChatLengthCheck:
+    """too_long: conversations over max_length tokens with the chat template. An overflow that
+    truncation would resolve by cutting into the final answer, or into the turn that answer replies
+    to, is a `format` finding: the model would learn an answer cut short, or one to a question it
+    cannot see."""
+
+    def __init__(self, tokenizer, max_length: int, out: Findings):
+        self.tok, self.max_length, self.out = tokenizer, max_length, out
+        ensure_chat_template(tokenizer)
+
+    def flush(self) -> None:
+        pass  # each conversation is checked as it comes
+
+    def add(self, it: Item) -> None:
         n = self.max_length
         ids, _, last = encode_conversation(self.tok, it.messages, "all_assistant")
         if len(ids) <= n:
@@ -156,8 +166,6 @@ class LengthCheck:
 
     def _question_start(self, msgs: list[dict]) -> int:
         """Token position where the turn the final answer replies to begins (0: no earlier answer)."""
-        from ...tasks.generate import encode_conversation
-
         answers = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
         if len(answers) < 2:
             return 0

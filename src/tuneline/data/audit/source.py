@@ -8,13 +8,12 @@ in line order. CSV, Parquet and datasets folders are read whole by `read_rows` f
 from __future__ import annotations
 
 import heapq
+import itertools
 from pathlib import Path
 from typing import Iterator
 
-from ..io import Rows, iter_jsonl_lenient, read_rows
-
-HEAD_ROWS = 2000  # what column and chat-format detection look at (guess_columns samples as many)
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+from ..columns import HEAD_ROWS
+from ..io import JSONL_SUFFIXES, Rows, iter_jsonl_lenient, read_rows
 
 Event = tuple[int, "dict | None", "str | None", bool]
 
@@ -37,17 +36,8 @@ class Source:
         if self._rows is not None:
             return self._rows
         if self._head is None:
-            records, lines, cols = [], [], {}
-            for n, rec, _, _ in self.events():
-                if rec is None:
-                    continue
-                records.append(rec)
-                lines.append(n)
-                for k in rec:
-                    cols.setdefault(k, None)
-                if len(records) >= HEAD_ROWS:
-                    break
-            self._head = Rows(self.path, records, lines, list(cols))
+            valid = ((n, rec) for n, rec, _, _ in self.events() if rec is not None)
+            self._head = Rows.collect(self.path, itertools.islice(valid, HEAD_ROWS))
         return self._head
 
     def events(self) -> Iterator[Event]:

@@ -51,7 +51,9 @@ def chat_base(info: dict):
 
 @torch.no_grad()
 def zero_shot_baseline(texts: list[str], y_true: list[int], labels: list[str], info: dict, recipe, device,
-                       max_rows: int | None = None) -> dict | None:
+                       generate, max_rows: int | None = None) -> dict | None:
+    """generate(model, tokenizer, conversations, options, batch_size=, max_length=) -> answers
+    (the chat task's decoding, passed in by the caller)."""
     base = chat_base(info)
     if base is None:
         return None
@@ -59,7 +61,6 @@ def zero_shot_baseline(texts: list[str], y_true: list[int], labels: list[str], i
     from transformers import AutoModelForCausalLM
 
     from ..recipe import GenerateOptions
-    from ..tasks.generate import GenerateTask
 
     n = min(len(texts), max_rows or len(texts))
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
@@ -67,8 +68,8 @@ def zero_shot_baseline(texts: list[str], y_true: list[int], labels: list[str], i
     convs = [[{"role": "user", "content": PROMPT.format(labels=", ".join(labels), text=t)}] for t in texts[:n]]
     longest = max(len(l) for l in labels)
     opts = GenerateOptions(max_new_tokens=max(8, min(32, longest + 8)), temperature=0.0)
-    answers = GenerateTask().generate(lm, tok, convs, opts, batch_size=recipe.eval.batch_size or 8,
-                                      max_length=recipe.train.max_length + 64)
+    answers = generate(lm, tok, convs, opts, batch_size=recipe.eval.batch_size or 8,
+                       max_length=recipe.train.max_length + 64)
     del lm
     parsed = [parse_label(a, labels) for a in answers]
     # an unparseable answer is wrong: -1 matches no true label

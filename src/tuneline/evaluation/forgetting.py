@@ -85,9 +85,10 @@ def _load_base_lm(path: str, trust_remote_code: bool):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
 
 
-def tuned_language_model(task: str, model, base_path: str, trust_remote_code: bool):
-    """The tuned model as a language model, and a note on how it was built."""
-    if task == "generate":
+def tuned_language_model(task, model, base_path: str, trust_remote_code: bool):
+    """The tuned model as a language model, and a note on how it was built: a causal-LM task's
+    model is one; any other model is a backbone, put back under the base model's LM head."""
+    if task.causal_lm:
         return model, "the tuned model"
     if hasattr(model, "peft_config"):
         # prompt tuning (never merged) leaves every backbone weight as it was
@@ -129,7 +130,7 @@ def base_perplexity(base_path: str, tokenizer, chunks, text, opts, device, trust
     return ppl
 
 
-def measure_forgetting(model, tokenizer, recipe, info: dict, device, base_dir: Path | None = None) -> dict:
+def measure_forgetting(task, model, tokenizer, recipe, info: dict, device, base_dir: Path | None = None) -> dict:
     """{"measured": bool, ...}: base and tuned perplexity on the reference and the relative change."""
     opts = recipe.eval.forgetting
     base_path = info["base_model_path"]
@@ -144,7 +145,7 @@ def measure_forgetting(model, tokenizer, recipe, info: dict, device, base_dir: P
         raise UserError(f"eval.forgetting.reference: {name} has no text to score")
     t0 = time.time()
     base = base_perplexity(base_path, tokenizer, chunks, text, opts, device, trust)
-    lm, how = tuned_language_model(info["task"], model, base_path, trust)
+    lm, how = tuned_language_model(task, model, base_path, trust)
     tuned = base if lm is None else perplexity(lm.to(device), chunks, tokenizer.pad_token_id, device)
     return {"measured": True, "reference": name, "tokens": sum(len(c) for c in chunks), "window": opts.window,
             "base_perplexity": base, "tuned_perplexity": tuned, "relative_change": (tuned - base) / base,

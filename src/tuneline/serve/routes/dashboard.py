@@ -1,4 +1,4 @@
-"""The dashboard: one static page (static/dashboard.html) and the JSON it reads.
+"""The dashboard: one static page (serve/static/dashboard.html) and the JSON it reads.
 
 The page itself holds no data, so it is open; everything it shows comes from /api/*,
 behind the same API key as the model endpoints (the page asks for the key on a 401).
@@ -10,13 +10,22 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
-from .monitor import feedback_summary, traffic_summary
+from ..batcher import MicroBatcher
+from ..drift import DriftMonitor
+from ..model import ServedModel
+from ..monitor import feedback_summary, traffic_summary
+from ..registry import Registry
+from ..store import Store
 
-STATIC = Path(__file__).parent / "static"
+if TYPE_CHECKING:
+    from ..app import ServeSettings
+
+STATIC = Path(__file__).parent.parent / "static"
 
 
 def _metrics_of(folder: Path) -> dict:
@@ -68,42 +77,46 @@ def _report_path(registry, run_id: str) -> Path:
     return report
 
 
-def add_dashboard(app: FastAPI, protected: list) -> None:
-    s = app.state
+def dashboard_router(served: ServedModel, registry: Registry, store: Store, drift_monitor: DriftMonitor,
+                     batcher: MicroBatcher, settings: ServeSettings, protected: list) -> APIRouter:
+    router = APIRouter()
 
-    @app.get("/", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "dashboard.html", media_type="text/html")
 
-    @app.get("/api/info", dependencies=protected, tags=["dashboard"])
+    @router.get("/api/info", dependencies=protected, tags=["dashboard"])
     async def info():
-        v = s.served.current
-        reg = s.registry.read()
-        return {"run": s.served.name, "task": v.task, "labels": v.run.labels, "model_version": v.id,
+        v = served.current
+        reg = registry.read()
+        return {"run": served.name, "task": v.task, "serves": list(v.serves), "labels": v.run.labels,
+                "model_version": v.id,
                 "base_model": v.run.info.get("base_model"), "method": v.run.info.get("method"),
                 "champion": reg["champion"], "events": reg["events"][-20:],
-                "limits": s.settings.limits.model_dump(), "store_inputs": s.settings.store_inputs}
+                "limits": settings.limits.model_dump(), "store_inputs": settings.store_inputs}
 
-    @app.get("/api/runs", dependencies=protected, tags=["dashboard"])
+    @router.get("/api/runs", dependencies=protected, tags=["dashboard"])
     async def runs():
-        return await asyncio.to_thread(list_runs, s.registry)
+        return await asyncio.to_thread(list_runs, registry)
 
-    @app.get("/api/runs/{run_id}/report", dependencies=protected, tags=["dashboard"], response_class=HTMLResponse)
+    @router.get("/api/runs/{run_id}/report", dependencies=protected, tags=["dashboard"], response_class=HTMLResponse)
     async def report(run_id: str):
-        return HTMLResponse(_report_path(s.registry, run_id).read_text(encoding="utf-8"))
+        return HTMLResponse(_report_path(registry, run_id).read_text(encoding="utf-8"))
 
-    @app.get("/api/traffic", dependencies=protected, tags=["dashboard"])
+    @router.get("/api/traffic", dependencies=protected, tags=["dashboard"])
     async def traffic(minutes: float = Query(60, gt=0, le=10_080)):
-        return await asyncio.to_thread(traffic_summary, s.store, time.time() - minutes * 60)
+        return await asyncio.to_thread(traffic_summary, store, time.time() - minutes * 60)
 
-    @app.get("/api/feedback", dependencies=protected, tags=["dashboard"])
+    @router.get("/api/feedback", dependencies=protected, tags=["dashboard"])
     async def feedback(limit: int = Query(50, ge=1, le=500)):
-        await asyncio.to_thread(s.store.flush)
-        return await asyncio.to_thread(feedback_summary, s.store, limit)
+        await asyncio.to_thread(store.flush)
+        return await asyncio.to_thread(feedback_summary, store, limit)
 
-    @app.get("/api/drift", dependencies=protected, tags=["dashboard"])
-    async def drift(refresh: bool = False):
-        if refresh or s.drift.last_report is None:
+    @router.get("/api/drift", dependencies=protected, tags=["dashboard"])
+    async def drift(refresh: bool = False):  # the name is the OpenAPI operation's
+        if refresh or drift_monitor.last_report is None:
             # on the model thread: the tokenizer is not safe to share between threads
-            return await s.batcher.run_on_model_thread(s.drift.update)
-        return s.drift.last_report
+            return await batcher.run_on_model_thread(drift_monitor.update)
+        return drift_monitor.last_report
+
+    return router

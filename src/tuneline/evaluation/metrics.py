@@ -19,3 +19,9 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
         "labels": list(labels),
         "n": len(y_true),
     }
+
+
+def difference(tuned: dict, other: dict, keys: tuple[str, ...]) -> dict:
+    """tuned - other for each of `keys` (the task's headline metrics) that both hold as a number."""
+    return {k: tuned[k] - other[k] for k in keys
+            if isinstance(tuned.get(k), (int, float)) and isinstance(other.get(k), (int, float))}

@@ -1,0 +1,58 @@
+"""The served run's answers to requests, computed on the micro-batcher's model thread.
+
+What a run answers is asked of its task (`task.serves`): a task that chats generates the
+answer; a classifier answers chat and completions with the label of the last user turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from .batcher import MicroBatcher
+from .model import GenOptions, ServedModel
+from .schemas import Limits
+
+
+class Answerer:
+    def __init__(self, served: ServedModel, batcher: MicroBatcher, limits: Limits):
+        self.served = served
+        self.batcher = batcher
+        self.limits = limits
+
+    @property
+    def chats(self) -> bool:
+        return "chat" in self.served.current.serves
+
+    @property
+    def classifies(self) -> bool:
+        return "classify" in self.served.current.serves
+
+    async def classify(self, texts: list[str]) -> tuple[list[dict], str]:
+        """label, score, scores and the input's token count per text; the version that answered."""
+        return await self.batcher.submit("classify", texts)
+
+    def options(self, body) -> GenOptions:
+        """A chat or completion body's generation settings: the body's, else the run's `generate:`."""
+        g = self.served.current.run.recipe.generate
+        max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or g.max_new_tokens
+        return GenOptions(min(max_tokens, self.limits.max_tokens),
+                          g.temperature if body.temperature is None else body.temperature,
+                          g.top_p if body.top_p is None else body.top_p, body.stops())
+
+    async def answer(self, conversations: list[list[dict]], opts: GenOptions) -> tuple[list[dict], str]:
+        """Per conversation: text, finish_reason, prompt and completion tokens (a classifier's answer
+        also has label and score); the version that answered."""
+        if self.chats:
+            return await self.batcher.submit(opts, conversations)
+        preds, version = await self.classify([c[-1]["content"] for c in conversations])
+        return [{"text": p["label"], "finish_reason": "stop", "prompt_tokens": p.pop("tokens"),
+                 "completion_tokens": 1, "label": p["label"], "score": p["score"]} for p in preds], version
+
+    def start_stream(self, conv: list[dict], opts: GenOptions, on_text, cancel: threading.Event) -> asyncio.Future:
+        """Begin one answer, calling on_text(piece) as generated text becomes final (a classifier's
+        label comes whole at the end); the future gives what `answer` gives."""
+        if self.chats:
+            return asyncio.ensure_future(self.batcher.run_on_model_thread(
+                self.served.generate_stream, conv, opts, on_text, cancel))
+        return asyncio.ensure_future(self.answer([conv], opts))
