@@ -1,10 +1,12 @@
 """The command line as a user meets it: exit codes, no tracebacks, --json output."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 TUNELINE = [sys.executable, "-m", "tuneline.cli"]
 
@@ -66,6 +68,14 @@ def test_train_predict_evaluate_json(tiny_recipe, tmp_path):
     assert r.returncode == 0, r.stderr
     out = tmp_path / "run-full"
     assert "Test metrics" in r.stdout and str(out) in r.stdout
+    assert ", ETA 0m" in r.stdout  # progress lines without a terminal still say how long is left
+    # the run's files can be shared as they are: the umask's modes, not mkstemp's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("report.html", "eval.json", "run.json", "recipe.yaml", "model/config.json"):
+        assert (out / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
+    assert (out / "model").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["output"] == str(out)  # where it really is
     ev = run("evaluate", out, "--json")
     assert ev.returncode == 0, ev.stderr
     got = json.loads(ev.stdout)

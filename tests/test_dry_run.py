@@ -13,6 +13,7 @@ def test_dry_run_plans_and_writes_nothing(tiny_recipe, tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "Plan (dry run" in out and "trained tokens/s" in out and "peak memory" in out
+    assert "a dry run writes no audit.json" in out and "details in the run's audit.json" not in out
     assert not (tmp_path / "run-lora").exists()
 
 

@@ -157,10 +157,11 @@ def test_report_command_rebuilds_and_compare(cls_run, tmp_path):
     assert "id='calibration'" in (cls_run / "report.html").read_text()
     other = tmp_path / "other"
     shutil.copytree(cls_run, other)
-    r = run_cli("compare", cls_run, other, "--out", tmp_path / "cmp.html")
+    r = run_cli("compare", cls_run, other, "--out", tmp_path / "out" / "cmp.html")
     assert r.returncode == 0, r.stderr
-    assert "test accuracy (tuned)" in r.stdout
-    assert "id='comparison'" in (tmp_path / "cmp.html").read_text()
+    assert "test accuracy (tuned)" in r.stdout and "note:" not in r.stdout  # same task, same test rows
+    page = (tmp_path / "out" / "cmp.html").read_text()
+    assert "id='comparison'" in page and "href='../other/report.html'" in page  # relative to the page
     assert run_cli("compare", cls_run).returncode == 2
     bad = run_cli("report", tmp_path / "missing")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
@@ -325,7 +326,7 @@ def test_plugin_task_without_sections_gets_a_report_and_a_card(tmp_path):
     assert "<b>loss 0.5000</b> on 3 test rows, better than the baseline (copy)" in page
     assert "<td>echo_rate</td><td>0.9000</td><td>0.4000</td>" in page and "id='per-class'" not in page
     card = (run.path / "MODEL_CARD.md").read_text()
-    assert "| echo_rate | 0.9000 | 0.4000 | +0.5000 |" in card and "pipeline_tag: null" in card
+    assert "| echo_rate | 0.9000 | 0.4000 | +0.5000 |" in card and "pipeline_tag" not in card  # none to name
     assert "Tuned for the `echo_test` task" in card and "run.predict(['an example text'])" in card
 
 
@@ -344,3 +345,13 @@ def test_text_metrics_per_answer_chrf_and_length_ratio():
     assert m["length_ratio"] == pytest.approx((1 + 6) / (1 + 66))
     assert m["exact_match"] == 0.5
     assert text_metrics([], [])["length_ratio"] is None
+
+
+def test_compare_warns_when_runs_are_not_comparable():
+    from tuneline.reporting.compare import _setting, warnings
+
+    rows = [("recipe task", ["classify", "generate"]), ("recipe data.test", ["a.jsonl", "b.jsonl"])]
+    said = warnings(rows)
+    assert any("different tasks" in w for w in said) and any("data.test" in w for w in said)
+    assert warnings([("recipe train.lr", ["5e-05", "0.0001"])]) == []
+    assert [_setting(v) for v in (True, False, 5e-5, None)] == ["true", "false", "5e-05", "-"]

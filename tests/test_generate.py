@@ -152,10 +152,12 @@ def test_too_long_rows_cut_or_dropped_and_reported(gen_recipe, capsys):
 def test_chat_cli(gen_recipe):
     result = tuneline.train(gen_recipe("full", epochs=1))
     proc = subprocess.run([sys.executable, "-m", "tuneline.cli", "chat", str(result.path), "--max-new-tokens", "4"],
-                          input="what is the code for sky\n/reset\nhello\n/exit\n", capture_output=True, text=True,
-                          timeout=120)
+                          input="what is the code for sky\n/reset\n/help\n/hepl\nhello\n/exit\n", capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("bot>") == 2 and "(history cleared)" in proc.stdout
+    # commands are never sent to the model
+    assert proc.stdout.count("/help shows this") == 3 and "(unknown command /hepl)" in proc.stdout
 
 
 def test_gguf_file_and_alias_share_one_conversion(smol_tokenizer):
@@ -281,3 +283,11 @@ def test_loop_breakers_reach_generation(tiny_llama):
     assert any(len(set(ids)) < len(ids) for ids in plain)  # a random model loops when greedy
     assert all(len(set(ids)) == len(ids) for ids in no_repeat)
     assert penalised != plain
+
+
+def test_an_encoder_for_a_chat_task_is_refused_before_the_data_is_read(gen_recipe, tiny_bert, capsys):
+    from tuneline.errors import UserError
+
+    with pytest.raises(UserError, match="is an encoder .* needs a decoder"):
+        tuneline.train(gen_recipe("lora"), overrides=[f"model={tiny_bert}"])
+    assert "Data audit" not in capsys.readouterr().out  # seconds, not after the audit

@@ -22,6 +22,30 @@ def test_unknown_key_names_key_and_allowed(tmp_path):
     assert "train.learning_rate" in msg and "unknown key" in msg and "lr" in msg
 
 
+@pytest.mark.parametrize("data, hint", [
+    ({"train": {"learning_rate": 1e-4}}, "train.learning_rate: unknown key; did you mean train.lr?"),
+    ({"num_train_epochs": 3}, "num_train_epochs: unknown key; did you mean train.epochs?"),
+    ({"train": {"gradient_accumulation_steps": 4}}, "did you mean train.grad_accum?"),
+    ({"train": {"micro_batch_size": 4}}, "did you mean train.batch_size?"),
+    ({"train": {"batch_sise": 4}}, "train.batch_sise: unknown key; did you mean train.batch_size?"),
+    ({"lora": {"rank": 4}}, "lora.rank: unknown key; (allowed keys here: r, alpha"),
+])
+def test_unknown_keys_from_other_tools_get_our_name(data, hint):
+    # names users bring from the Hugging Face Trainer and Axolotl, and typos
+    with pytest.raises(UserError) as e:
+        recipe_from_dict({**BASE, **data})
+    assert hint in str(e.value)
+
+
+def test_a_bad_set_value_is_named_with_its_value(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("task: classify\nmodel: minilm-l6\ndata: {train: t.jsonl}\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path, ["train.lr=abc"])
+    assert "train.lr (--set train.lr=abc): Input should be a valid number" in str(e.value)
+    assert "(got 'abc')" in str(e.value)
+
+
 def test_bad_value_names_allowed_values():
     with pytest.raises(UserError) as e:
         recipe_from_dict({**BASE, "method": "qlora9"})

@@ -126,7 +126,8 @@ def test_bad_json_big_body_and_form_posts(cls_run, tmp_path):
 
 def test_feedback_linked_and_checked(cls_run, tmp_path):
     with make_client(cls_run, tmp_path) as c:
-        rid = c.post("/v1/classify", json={"input": ["meh", "great"]}).json()["request_id"]
+        answer = c.post("/v1/classify", json={"input": ["meh", "great"]}).json()
+        rid = answer["request_id"]
         ok = c.post("/v1/feedback", json={"request_id": rid, "rating": "down", "corrected_label": "neutral",
                                           "comment": "it is average", "item": 1})
         assert ok.status_code == 200, ok.text
@@ -138,6 +139,15 @@ def test_feedback_linked_and_checked(cls_run, tmp_path):
     fb = rows(tmp_path, "feedback")
     assert len(fb) == 1 and fb[0]["request_id"] == rid and fb[0]["corrected_label"] == "neutral"
     assert fb[0]["item"] == 1 and fb[0]["rating"] == "down" and fb[0]["comment"] == "it is average"
+    # the summary pairs the correction with what the model said about item 1, not item 0
+    from tuneline.serve.monitor import feedback_summary
+
+    store = Store(f"sqlite:///{tmp_path / 'monitor.db'}")
+    try:
+        said = answer["results"][1]["label"]
+        assert feedback_summary(store)["top_corrections"] == [{"predicted": said, "corrected": "neutral", "count": 1}]
+    finally:
+        store.close()
 
 
 def test_health_metrics_openapi(cls_run, tmp_path):

@@ -78,3 +78,12 @@ def test_cli_prints_and_rejects_bad_input(tiny_llama):
     assert bad.returncode == 2 and "error: model: 'no-such-model'" in bad.stderr
     with pytest.raises(UserError, match="--task"):
         model_info(str(tiny_llama), task="translate")
+
+
+def test_model_cards_name_the_hub_id_of_a_built_in(tmp_path):
+    from tuneline.models import CATALOG, hub_id
+
+    # the Hugging Face convention: base_model is where the weights came from, not our alias
+    assert hub_id("minilm-l6") == CATALOG["minilm-l6"].hub_id and "/" in hub_id("minilm-l6")
+    assert hub_id("HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB/SmolLM2-360M"
+    assert hub_id(str(tmp_path)) is None  # a local folder has no public id

@@ -202,6 +202,8 @@ def format_info(info: dict) -> str:
         g = c["gib"]
         lines.append(f"  {c['method']:<10} {_count(c['trainable']):>10} {g['weights']:>8.2f} {g['gradients']:>6.2f} "
                      f"{g['optimizer']:>6.2f} {g['activations']:>7.2f} {g['runtime']:>7.2f} {g['total']:>7.2f}")
-    lines.append("  (an estimate: formulas in src/tuneline/model_info.py; lower batch or length to fit, "
-                 "--batch/--length to try)")
+    lines.append("  (an estimate from the model's shapes, whole batches in one pass: `help(tuneline.model_info)` "
+                 "has the formula. LoRA's activations can exceed full tuning's: its dropout copies the input of\n"
+                 "   every adapted layer (lora.dropout: 0 saves that). To fit: lower --batch / --length, or cut "
+                 "batches into pieces with memory.micro_batch_tokens, as tuneline does on a CPU by default.)")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .runs import DIR_MODE
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,25 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> ModelSource:
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return ModelSource(spec, spec, "hub")
     known = ", ".join(CATALOG)
-    raise UserError(f"model: {spec!r} is not a built-in ({known}), an existing folder, a .gguf file or a hub id (owner/name)")
+    raise UserError(f"model: {spec!r} is not a built-in ({known}), an existing folder, a .gguf file or a hub id "
+                    f"(owner/name){_alias_hint(spec)}")
+
+
+def hub_id(spec: str) -> str | None:
+    """The Hugging Face id a model card names as `base_model`: a built-in's original weights, a hub
+    id as given, None for a local folder or file (no public id)."""
+    if spec in CATALOG:
+        return CATALOG[spec].hub_id
+    return spec if spec.count("/") == 1 and not spec.startswith((".", "/")) and not Path(spec).exists() else None
+
+
+def _alias_hint(spec: str) -> str:
+    """`smollm2` or `MiniLM` for a built-in: the alias that starts with it or resembles it."""
+    import difflib
+
+    low = spec.lower()
+    close = [a for a in CATALOG if a.startswith(low) or low in a] or difflib.get_close_matches(low, list(CATALOG), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def convert_gguf(gguf_path: Path) -> Path:
@@ -116,6 +135,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
+        tmp.chmod(DIR_MODE)  # a cache other users of the machine may share: the umask's mode, not 0700
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         # GGUF weights come back dequantized to fp32 but flagged as quantized, which

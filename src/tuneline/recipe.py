@@ -319,20 +319,61 @@ def add_section(name: str, model: type[BaseModel], default: BaseModel | None = N
     Recipe.model_rebuild(force=True)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+# Names users bring from the Hugging Face Trainer, Axolotl, LLaMA-Factory and TRL configs.
+FOREIGN_KEYS = {
+    "learning_rate": "train.lr", "lr": "train.lr", "num_train_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "epochs": "train.epochs", "max_steps": "train.max_steps", "gradient_accumulation_steps": "train.grad_accum",
+    "micro_batch_size": "train.batch_size", "per_device_train_batch_size": "train.batch_size",
+    "batch_size": "train.batch_size", "per_device_eval_batch_size": "train.eval_batch_size",
+    "max_seq_length": "train.max_length", "sequence_len": "train.max_length", "cutoff_len": "train.max_length",
+    "max_length": "train.max_length", "warmup_ratio": "train.warmup_ratio", "lr_scheduler_type": "train.scheduler",
+    "lr_scheduler": "train.scheduler", "weight_decay": "train.weight_decay", "max_grad_norm": "train.max_grad_norm",
+    "seed": "train.seed", "bf16": "train.precision", "fp16": "train.precision", "logging_steps": "train.log_every",
+    "eval_steps": "train.eval_every", "save_steps": "train.save_every", "neftune_noise_alpha": "train.neftune_alpha",
+    "gradient_checkpointing": "memory.gradient_checkpointing", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
+    "lora_target": "lora.target_modules", "base_model": "model", "model_name_or_path": "model",
+    "datasets": "data.train", "dataset": "data.train", "train_file": "data.train", "output_dir": "output",
+    "finetuning_type": "method", "adapter": "method", "chat_template": "data.format",
+}
+
+
+def _did_you_mean(loc: tuple, allowed: list[str]) -> str:
+    """A hint for an unknown key: our name for a key another tool uses, or a close spelling."""
+    import difflib
+
+    leaf = str(loc[-1]).lower()
+    here = ".".join(str(p) for p in loc[:-1])
+    ours = FOREIGN_KEYS.get(leaf)
+    if ours and ours != ".".join(str(p) for p in loc):
+        return f"did you mean {ours}? "
+    close = difflib.get_close_matches(leaf, allowed, n=1, cutoff=0.75)
+    return f"did you mean {here + '.' if here else ''}{close[0]}? " if close else ""
+
+
+def _format_validation_error(err: ValidationError, source: str, overrides: list[str] | None = None) -> str:
+    """One line per problem, each naming its key (and the --set that gave it) and what to do."""
+    given = {}
+    for item in overrides or []:
+        given[item.split("=", 1)[0].strip()] = item
     lines = [f"{source}: the recipe is not valid:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             parent = _model_at(e["loc"][:-1])
-            allowed = ", ".join(parent.model_fields) if parent else "?"
-            msg = f"unknown key; allowed keys here: {allowed}"
+            allowed = list(parent.model_fields) if parent else []
+            msg = f"unknown key; {_did_you_mean(e['loc'], allowed)}(allowed keys here: {', '.join(allowed) or '?'})"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        elif e["type"] == "value_error":
-            msg = str(e["ctx"]["error"])  # our own message, without pydantic's "Value error, " in front
-        lines.append(f"  - {key}: {msg}")
+        else:
+            if e["type"] == "value_error":
+                msg = str(e["ctx"]["error"])  # our own message, without pydantic's "Value error, " in front
+            shown = repr(e.get("input"))
+            if isinstance(e.get("input"), (str, int, float, bool, type(None))) and shown not in msg:
+                msg += f" (got {shown})"
+        where = f" (--set {given[key]})" if key in given else ""
+        lines.append(f"  - {key}{where}: {msg}")
     return "\n".join(lines)
 
 
@@ -400,15 +441,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe is a YAML mapping (task:, model:, data:, ...)")
     data = apply_overrides(data, overrides or [])
-    recipe = recipe_from_dict(data, source=str(path))
+    recipe = recipe_from_dict(data, source=str(path), overrides=overrides)
     return recipe, path.resolve().parent
 
 
-def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+def recipe_from_dict(data: dict, source: str = "recipe", overrides: list[str] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise UserError(_format_validation_error(e, source)) from None
+        raise UserError(_format_validation_error(e, source, overrides)) from None
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

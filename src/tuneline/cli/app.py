@@ -15,12 +15,29 @@ try:  # typer >= 0.2x raises its own vendored click's exceptions, not click's
 except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click = click.exceptions
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune a pretrained language model for one task: train, evaluate, predict.")
-models_app = typer.Typer(no_args_is_help=True, help="The built-in model catalog.")
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
+                  help="Fine-tune a pretrained language model for one task: train, evaluate, predict.\n\n"
+                       "Start with:  tuneline train examples/reviews/recipe.yaml   (then: tuneline predict runs/reviews "
+                       "-t 'Great blender')")
+models_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="The built-in model catalog.")
 app.add_typer(models_app, name="models")
-data_app = typer.Typer(no_args_is_help=True, help="Check task data before training.")
+data_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Check task data before training.")
 app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"tuneline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                          help="print the version and exit")) -> None:
+    """Fine-tune a pretrained language model for one task: train, evaluate, predict."""
 
 
 def quiet_libraries() -> None:

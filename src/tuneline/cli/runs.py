@@ -77,6 +77,9 @@ def _read_inputs(path: Path) -> list[str]:
     return out
 
 
+CHAT_HELP = "Commands: /reset clears the history, /help shows this, /exit (or Ctrl-D) quits."
+
+
 @app.command()
 def chat(
     run: Path = typer.Argument(..., help="run folder of a generate task"),
@@ -91,7 +94,7 @@ def chat(
         raise UserError(f"{run}: chat needs a run of task generate (this one is {loaded.info['task']})")
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature)) if v is not None}
     history: list[dict] = []
-    print("Chatting with the tuned model. /reset clears the history, /exit quits.", flush=True)
+    print("Chatting with the tuned model. " + CHAT_HELP, flush=True)
     while True:
         try:
             line = input("you> ")
@@ -106,6 +109,10 @@ def chat(
         if text == "/reset":
             history = []
             print("(history cleared)")
+            continue
+        if text.startswith("/"):  # a command, never a question for the model
+            known = text in ("/help", "/?")
+            print(("" if known else f"(unknown command {text}) ") + CHAT_HELP, flush=True)
             continue
         history.append({"role": "user", "content": text})
         answer = loaded.generate(history, **options)
@@ -134,12 +141,14 @@ def compare(
     out: Path = typer.Option(Path("compare.html"), "--out", "-o", help="comparison HTML file"),
 ):
     """Recipes and metrics of several runs side by side; also written as HTML."""
-    from ..reporting.compare import comparison, text_table, write_html
+    from ..reporting.compare import comparison, text_table, warnings, write_html
 
     if len(runs) < 2:
         raise UserError("compare: give two or more run folders")
     names, rows = comparison(runs)
     print(text_table(names, rows))
+    for w in warnings(rows):
+        print(f"note: {w}")
     write_html(names, rows, out)
     print(f"\nComparison: {out}")
 

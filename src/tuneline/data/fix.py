@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs import atomic_write_text
+from ..runs import FILE_MODE, atomic_write_text
 from .audit.source import Source
 
 
@@ -28,6 +28,7 @@ def write_fixed(paths: dict[str, Path], result, out_dir: Path) -> dict:
         kept = dropped = 0
         # streamed into a temporary file beside the target, moved into place when complete
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)  # the user's umask, like any file they write
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 for line, rec, _, _ in src.events():

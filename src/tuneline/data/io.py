@@ -59,7 +59,7 @@ def resolve_data_path(value: str, base_dir: Path | None, key: str) -> Path:
     for c in candidates:
         if c.exists():
             return c.resolve()
-    tried = " or ".join(str(c) for c in candidates)
+    tried = " or ".join(dict.fromkeys(str(c) for c in candidates))  # the recipe's folder may be the working one
     raise UserError(f"{key}: data file {value!r} not found (looked at {tried})")
 
 

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from ..models import CATALOG
+from ..models import CATALOG, hub_id
 from ..reporting.model_card import metric_table
 from .source import task_options
 
@@ -104,8 +104,7 @@ def export_section(fmt: str, source, manifest: dict) -> str:
 def own_card(fmt: str, source, manifest: dict) -> str:
     info, recipe, task = source.info, source.loaded.recipe, source.loaded.task
     base = info.get("base_model", "?")
-    entry = CATALOG.get(base)
-    hub = entry.hub_id if entry else (base if base.count("/") == 1 else None)
+    entry, hub = CATALOG.get(base), hub_id(base)
     front = ["---", f"library_name: {'gguf' if fmt == 'gguf' else ('onnx' if fmt == 'onnx' else 'transformers')}",
              *([f"pipeline_tag: {task.pipeline_tag}"] if task.pipeline_tag else []),
              f"tags: [tuneline, {info.get('method')}]"]

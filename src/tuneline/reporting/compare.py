@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 import yaml
@@ -30,7 +31,7 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
     for k in keys:
         vals = [r.get(k) for _, r, _, _ in runs]
         if len({repr(v) for v in vals}) > 1:
-            rows.append((f"recipe {k}", [f"{v:g}" if isinstance(v, float) else cell(v) for v in vals]))  # 5e-05, not 0.0001
+            rows.append((f"recipe {k}", [_setting(v) for v in vals]))
     # each headline metric once, though runs of two tasks both have a loss
     for k in dict.fromkeys(k for t in sorted(t for t in tasks if t) for k in get_task(t).headline_metrics):
         rows.append((f"test {k} (tuned)", [cell(e.get("tuned", {}).get(k)) for *_, e in runs]))
@@ -44,6 +45,26 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
     return [str(run.path) for run, *_ in runs], rows
 
 
+def _setting(v) -> str:
+    """A recipe value as the recipe writes it: 5e-05 (not 0.0001), true / false, null as '-'."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f"{v:g}" if isinstance(v, float) else cell(v)
+
+
+def warnings(rows) -> list[str]:
+    """What makes the figures of the runs not comparable as they stand."""
+    by_label = dict(rows)
+    out = []
+    if "recipe task" in by_label:
+        out.append("the runs are of different tasks: only their shared metrics compare")
+    tests = [k for k in by_label if k.startswith("recipe data.test") or k in ("recipe data.max_rows", "recipe data.train")]
+    if tests:
+        out.append(f"the runs were tested on different data ({', '.join(k[len('recipe '):] for k in tests)}): "
+                   "their test metrics are not measured on the same rows")
+    return out
+
+
 def text_table(names: list[str], rows) -> str:
     table = [("", *names)] + [(label, *cells) for label, cells in rows]
     w = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
@@ -52,9 +73,13 @@ def text_table(names: list[str], rows) -> str:
 
 def write_html(names: list[str], rows, out: Path) -> None:
     e = html.escape
+    here = Path(out).resolve().parent  # links relative to the page, wherever -o puts it
+    links = [os.path.relpath(Path(n).resolve() / "report.html", here) for n in names]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>tuneline comparison</title>"
-             f"<style>{STYLE}</style></head><body><h1>Run comparison</h1><table id='comparison'><tr><th></th>"
-             + "".join(f"<th><a href='{e(str(Path(n) / 'report.html'))}'>{e(n)}</a></th>" for n in names) + "</tr>"]
+             f"<style>{STYLE}</style></head><body><h1>Run comparison</h1>"
+             + "".join(f"<div class='box'>Note: {e(w)}.</div>" for w in warnings(rows))
+             + "<table id='comparison'><tr><th></th>"
+             + "".join(f"<th><a href='{e(link)}'>{e(n)}</a></th>" for n, link in zip(names, links)) + "</tr>"]
     for label, cells in rows:
         parts.append(f"<tr><th>{e(label)}</th>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
     parts.append("</table></body></html>")

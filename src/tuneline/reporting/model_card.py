@@ -9,6 +9,7 @@ import yaml
 
 from .page import read_json
 from .tables import cell, headline_keys
+from ..models import hub_id
 from ..runs import RunDir, atomic_write_text
 from ..tasks import Task, get_task
 
@@ -50,10 +51,11 @@ def _bias_lines(result: dict) -> list[str]:
 
 
 def _front_matter(run: RunDir, task: Task, manifest: dict, info: dict) -> list[str]:
-    meta = {"library_name": "transformers", "base_model": str(manifest.get("model")),
+    meta = {"library_name": "transformers", "base_model": hub_id(str(manifest.get("model"))),
             "pipeline_tag": task.pipeline_tag or None, "tags": ["tuneline", task.name or None, manifest.get("method")]}
     if info.get("adapter_dir"):
         meta["tags"].append("peft")
+    meta = {k: v for k, v in meta.items() if v is not None}  # a local base model has no public id to name
     return ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
             f"# {run.path.name}", "",
             f"A `{task.name or None}` model fine-tuned from `{manifest.get('model')}` with tuneline "

@@ -48,13 +48,16 @@ def traffic_summary(store: Store, since: float | None = None, bucket_s: int = 60
 def feedback_summary(store: Store, limit: int = 50) -> dict:
     rows = store.feedback_rows()
     ratings = Counter(r["rating"] for r in rows if r["rating"])
-    corrections = Counter((r["predicted_label"], r["corrected_label"]) for r in rows if r["corrected_label"])
+    items = [queue_item(r) for r in rows]
+    # the label of the item the feedback is about: a request may classify several texts, and the
+    # request row's own label is its first text's
+    corrections = Counter((q["output"], q["corrected_label"]) for q in items if q["corrected_label"])
     return {
         "total": len(rows), "up": ratings.get("up", 0), "down": ratings.get("down", 0),
         "corrected_labels": sum(1 for r in rows if r["corrected_label"]),
         "corrected_answers": sum(1 for r in rows if r["corrected_answer"]),
         "top_corrections": [{"predicted": p, "corrected": c, "count": n} for (p, c), n in corrections.most_common(10)],
-        "queue": [queue_item(r) for r in rows[:limit]],
+        "queue": items[:limit],
     }
 
 

@@ -96,7 +96,9 @@ def _evaluate_test(ctx: RunContext, model, info: dict) -> tuple[dict, float]:
 
     device = next(model.parameters()).device
     t0 = time.time()
-    print(f"Evaluating on {len(ctx.prepared.test)} test rows ...", flush=True)
+    n, cap = len(ctx.prepared.test), ctx.task.max_eval_rows(ctx.recipe)
+    scored = f"the first {cap} of {n} test rows (eval.max_samples)" if cap and cap < n else f"{n} test rows"
+    print(f"Evaluating on {scored} against the baseline ...", flush=True)
     result, predictions = evaluate_model(ctx.task, model, ctx.tokenizer, ctx.prepared.test, ctx.recipe, info, device)
     write_predictions(ctx.run, predictions)
     atomic_write_json(ctx.run.eval_file, result)

@@ -91,12 +91,21 @@ class _Progress:
         self.tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", disable=not self.tty,
                         dynamic_ncols=True)
+        self.initial, self.started = initial, time.monotonic()
 
     def train_line(self, rec: dict, total: int) -> None:
         self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=rec["tokens_per_s"])
-        if not self.tty:
+        if not self.tty:  # a log file or CI: what tqdm's bar would show, as a line
             print(f"step {rec['step']}/{total} epoch {rec['epoch']:.2f} loss {rec['loss']:.4f} "
-                  f"lr {rec['lr']:.2e} {rec['tokens_per_s']} tok/s", flush=True)
+                  f"lr {rec['lr']:.2e} {rec['tokens_per_s']} tok/s{self._eta(rec['step'], total)}", flush=True)
+
+    def _eta(self, step: int, total: int) -> str:
+        """Time left at the pace of the steps so far (evaluations included), as tqdm estimates it."""
+        done = step - self.initial
+        if done <= 0 or step >= total:
+            return ""
+        left = (total - step) * (time.monotonic() - self.started) / done
+        return f", ETA {int(left // 60)}m{int(left % 60):02d}s"
 
     def write(self, line: str) -> None:
         tqdm.write(line) if self.tty else print(line, flush=True)

@@ -128,7 +128,7 @@ def _train(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, o
         return RunResult.load(run.path)
     task, source, tokenizer, precision = _set_up(recipe, base_dir)
     splits, hashes, replay = _load_data(recipe, task, tokenizer, base_dir, run if resume else None)
-    audit_result = run_audit(recipe, task, splits, tokenizer, force or dry_run)
+    audit_result = run_audit(recipe, task, splits, tokenizer, force, dry_run)
     prepared = task.prepare(splits, recipe, tokenizer)
     preflight.check(recipe, task, source, prepared, run.path, writes=not dry_run)
     if dry_run:
@@ -192,6 +192,7 @@ def _set_up(recipe: Recipe, base_dir: Path | None) -> tuple:
     _setup_threads(recipe)
     precision = hardware.resolve_precision(recipe.train.precision)
     source = resolve_model(recipe.model, base_dir)
+    preflight.check_model(recipe, task, source)
     return task, source, load_tokenizer(source.path, recipe.trust_remote_code), precision
 
 
@@ -237,7 +238,8 @@ def _open_run_folder(ctx: RunContext, overwrite: bool, splits: Splits, hashes: d
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.path / "audit.json", audit_result.as_dict())
     if not ctx.resume:
-        atomic_write_text(run.recipe, recipe_to_yaml(recipe))
+        # the folder it was written to (-o, or the default), so the saved recipe says where its run is
+        atomic_write_text(run.recipe, recipe_to_yaml(recipe.model_copy(update={"output": str(run.path)})))
         for split_name in splits.held_out:
             write_jsonl(run.splits / f"{split_name}.jsonl", getattr(splits, split_name).records)
     run.update_manifest(nproc=distributed.world()[1],
@@ -279,8 +281,9 @@ def _resolve_eval_files(recipe: Recipe, base_dir: Path | None) -> None:
         load_pairs(e.counterfactuals)  # a malformed pairs file fails now, not after training
 
 
-def run_audit(recipe: Recipe, task, splits: Splits, tokenizer, force: bool):
-    """The same audit as `tuneline data check`, before any training time is spent."""
+def run_audit(recipe: Recipe, task, splits: Splits, tokenizer, force: bool, dry_run: bool = False):
+    """The same audit as `tuneline data check`, before any training time is spent. Errors stop the
+    run unless --force; a dry run only shows them (it writes nothing, audit.json included)."""
     from ..data.audit import audit, format_table
 
     t0 = time.time()
@@ -294,8 +297,10 @@ def run_audit(recipe: Recipe, task, splits: Splits, tokenizer, force: bool):
     result = audit({"train": train, "validation": splits.validation, "test": splits.test}, task.data_shape,
                    text_column=d.text_column, label_column=d.label_column, fmt=d.format, tokenizer=tokenizer,
                    max_length=recipe.train.max_length, **task.audit_options(recipe))
-    print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; details in the run's audit.json)", flush=True)
-    if result.errors and not force:
+    where = ("a dry run writes no audit.json; `tuneline data check FILE --json` prints the details" if dry_run
+             else "details in the run's audit.json")
+    print(format_table(result) + f"\n  ({time.time() - t0:.1f} s; {where})", flush=True)
+    if result.errors and not (force or dry_run):
         from ..data.audit import error_summary
 
         raise UserError(f"the data audit found errors: {error_summary(result)}. Fix the data (`tuneline data check FILE --fix DIR` "

@@ -42,12 +42,18 @@ def check_output_path(out: Path) -> None:
                         f"(-o DIR) or fix its permissions") from None
 
 
-def check(recipe, task, source, prepared, out: Path, *, writes: bool = True) -> None:
+def check_model(recipe, task, source) -> None:
+    """What the model's config alone tells (task, method, length, precision): before any data is
+    read, so an encoder given to a chat task is refused in seconds, not after the data audit."""
     config = _config(recipe, source)
     _check_task_model(recipe, task, config)
     _check_max_length(recipe, config)
     _check_precision(recipe)
     check_method(recipe, config)
+
+
+def check(recipe, task, source, prepared, out: Path, *, writes: bool = True) -> None:
+    """What needs the prepared data or the disk, once the data is read."""
     _check_slices(recipe, prepared)
     _check_weights_readable(recipe, source)
     if writes:

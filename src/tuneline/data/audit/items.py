@@ -49,7 +49,7 @@ class LabelledTextReader:
         if self.tcol is None or self.lcol is None:
             missing = "text" if self.tcol is None else "label"
             raise UserError(f"{head.path}: cannot tell which column is the {missing} (columns: {', '.join(head.columns)}); "
-                            f"give --text-column / --label-column")
+                            f"set data.{missing}_column in the recipe (tuneline data check: --{missing}-column)")
         self.split, self.path = split, head.path
 
     def item(self, rec: dict, line: int, out: Findings) -> Item | None:
