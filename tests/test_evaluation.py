@@ -3,6 +3,7 @@ predictions that recompute to eval.json, the report, the model card, report/comp
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,12 @@ def test_report_sections_and_model_card(cls_run):
         assert anchor in page, anchor
     assert "alt='learning-rate schedule'" in page and "alt='reliability diagram'" in page
     assert "src='http" not in page and 'src="http' not in page  # self-contained
+    # the nav links every section the page has, and only those
+    nav = page[page.index("<nav>"):page.index("</nav>")]
+    ids = re.findall(r"<h2 id='([^']+)'", page)
+    assert re.findall(r"href='#([^']+)'", nav) == ids and "per-class" in ids and "diagnostics" in ids
+    assert "alt='label distribution'" in page and "hardware</th><td>device cpu" in page  # tables, not JSON
+    assert "Set by this run" in page and "<details><summary>The whole resolved recipe" in page
     card = (cls_run / "MODEL_CARD.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers")
     for section in ("## Intended use", "## Training data", "## Training procedure", "## Evaluation",
@@ -252,6 +259,8 @@ def test_generate_run_forgetting_slices_counterfactuals(tmp_path, tiny_llama):
     assert ev["baseline"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf([p["baseline"] for p in preds], [refs]).score)
     page = (tmp_path / "run" / "report.html").read_text()
     assert "id='samples'" in page and "id='forgetting-table'" in page
+    assert "href='#counterfactuals'" not in page or "id='counterfactuals'" in page  # no link to a missing section
+    assert page.count("alt='baseline vs tuned'") == 2  # chrF / BLEU (0-100) apart from exact match / ROUGE-L (0-1)
 
 
 def test_bad_eval_files_fail_before_training(tmp_path, tiny_bert, cls_data):

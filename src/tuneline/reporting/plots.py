@@ -25,7 +25,29 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def loss_plot(metrics: list[dict]) -> str | None:
+def _style(n: int) -> dict:
+    """Lines with dots when there are few points: a run of a few steps must not draw an empty plot."""
+    return {"marker": "o", "markersize": 4} if n <= 12 else {}
+
+
+def epoch_steps(metrics: list[dict]) -> list[int]:
+    """The steps at which a new epoch began (from the logged epoch fractions)."""
+    out, last = [], 0
+    for m in metrics:
+        if m.get("type") == "train" and m.get("epoch") is not None and int(m["epoch"]) > last:
+            last = int(m["epoch"])
+            out.append(m["step"])
+    return out
+
+
+def _marks(ax, best_step: int | None, epochs: list[int]) -> None:
+    for i, s in enumerate(epochs):
+        ax.axvline(s, color="0.8", lw=0.8, ls=":", label="epoch boundary" if i == 0 else None)
+    if best_step is not None:
+        ax.axvline(best_step, color="tab:red", lw=1.2, ls="--", label=f"kept model (step {best_step})")
+
+
+def loss_plot(metrics: list[dict], best_step: int | None = None) -> str | None:
     train = [(m["step"], m["loss"]) for m in metrics if m.get("type") == "train" and m.get("loss") is not None]
     val = [(m["step"], m["loss"]) for m in metrics if m.get("type") == "eval" and m.get("loss") is not None]
     if not train and not val:
@@ -33,17 +55,19 @@ def loss_plot(metrics: list[dict]) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     if train:
-        ax.plot(*zip(*train), label="train loss", lw=1.2)
+        ax.plot(*zip(*train), label="train loss", lw=1.2, **_style(len(train)))
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5)
+    _marks(ax, best_step, epoch_steps(metrics))
+    ax.set_title("Loss: training (logged steps) and validation")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
-def eval_curves_plot(metrics: list[dict], names: tuple[str, ...]) -> str | None:
+def eval_curves_plot(metrics: list[dict], names: tuple[str, ...], best_step: int | None = None) -> str | None:
     evals = [m for m in metrics if m.get("type") == "eval"]
     keys = [k for k in names if not lower_is_better(k) and any(k in m for m in evals)]
     if not evals or not keys:
@@ -53,9 +77,12 @@ def eval_curves_plot(metrics: list[dict], names: tuple[str, ...]) -> str | None:
     for k in keys:
         pts = [(m["step"], m[k]) for m in evals if m.get(k) is not None]
         ax.plot(*zip(*pts), "o-", label=f"validation {k}")
+    _marks(ax, best_step, epoch_steps(metrics))
+    ax.set_title("Validation metrics (higher is better)")
     ax.set_xlabel("optimizer step")
+    ax.set_ylabel("score")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -65,7 +92,8 @@ def lr_plot(metrics: list[dict]) -> str | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 2.4))
-    ax.plot(*zip(*pts), lw=1.5, color="tab:green")
+    ax.plot(*zip(*pts), lw=1.5, color="tab:green", **_style(len(pts)))
+    ax.set_title("Learning-rate schedule (logged steps)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))

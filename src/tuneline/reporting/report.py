@@ -4,7 +4,9 @@ rebuilds it at any time."""
 
 from __future__ import annotations
 
-import json
+import re
+
+import yaml
 
 from . import plots
 from .page import LOWER_IS_BETTER, NOT_A_SCORE, STYLE, esc, img, read_json, signed
@@ -46,9 +48,13 @@ def metrics_section(result: dict) -> list[str]:
         out.append(f"<p class='muted'>Zero-shot: the untuned chat model was asked to answer with one label; "
                    f"{zs.get('unparseable', 0)} of {zs.get('n')} answers named no label and count as wrong.</p>")
     bar_keys = [k for k in keys if k not in LOWER_IS_BETTER | NOT_A_SCORE and isinstance(tuned.get(k), (int, float))]
-    if bar_keys:
-        series = {name: [float(d.get(k) or 0) for k in bar_keys] for name, d in cols}
-        out.append(img(plots.bars_plot(bar_keys, series, "score", "test metrics"), "baseline vs tuned"))
+    # one chart per scale: chrF and BLEU run 0-100, accuracy or ROUGE-L 0-1, which would vanish beside them
+    hundred = [k for k in bar_keys if max(abs(float(d.get(k) or 0)) for _, d in cols) > 1.5]
+    for group, label in (([k for k in bar_keys if k not in hundred], "score (0-1)"), (hundred, "score (0-100)")):
+        if group:
+            series = {name: [float(d.get(k) or 0) for k in group] for name, d in cols}
+            out.append(img(plots.bars_plot(group, series, label, "Test metrics: tuned vs baseline"),
+                           "baseline vs tuned"))
     return out
 
 
@@ -69,14 +75,14 @@ def forgetting_section(result: dict) -> list[str]:
     return out
 
 
-def curves_section(run: RunDir, task: Task) -> list[str]:
+def curves_section(run: RunDir, task: Task, best_step: int | None) -> list[str]:
     metrics = run.read_metrics()
     out = ["<h2 id='curves'>Training curves</h2>"]
-    loss = plots.loss_plot(metrics)
+    loss = plots.loss_plot(metrics, best_step)
     if not loss:
         return out + ["<p class='muted'>No metrics logged.</p>"]
     out.append(img(loss, "loss curves"))
-    out.append(img(plots.eval_curves_plot(metrics, task.metric_names), "validation curves"))
+    out.append(img(plots.eval_curves_plot(metrics, task.metric_names, best_step), "validation curves"))
     out.append(img(plots.lr_plot(metrics), "learning-rate schedule"))
     return out
 
@@ -143,6 +149,11 @@ def audit_section(run: RunDir) -> list[str]:
         return []
     findings = audit.get("findings", [])
     out = ["<h2 id='audit'>Data audit</h2>"]
+    dist = next((e["distribution"] for f in findings if f["check"] == "imbalance" for e in f["examples"]
+                 if e.get("distribution")), None)
+    if dist:  # labelled data: the classes the model learned from
+        out.append(img(plots.bars_plot(list(dist), {"training rows": list(dist.values())}, "rows",
+                                       "Label distribution (train)"), "label distribution"))
     if not findings:
         return out + ["<p>No findings.</p>"]
     out.append("<table><tr><th>severity</th><th>check</th><th>count</th><th>what</th><th>first lines</th></tr>")
@@ -153,10 +164,20 @@ def audit_section(run: RunDir) -> list[str]:
     return out + ["</table>"]
 
 
+def _pairs(d: dict) -> str:
+    """{"train": 378, "test": 120} as 'train 378, test 120' (not JSON)."""
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    return ", ".join(f"{k.replace('_', ' ')} {value(v)}" for k, v in d.items() if v is not None)
+
+
 def run_section(run: RunDir, manifest: dict) -> list[str]:
     p = manifest.get("parameters", {})
     rows = [
-        ("rows", json.dumps(manifest.get("rows", {}))),
+        ("rows", _pairs(manifest.get("rows", {}))),
         ("trainable parameters", f"{p.get('trainable', 0):,} of {p.get('total', 0):,}"),
         ("steps", f"{manifest.get('steps')} (best validation at step {manifest.get('best_step')}"
                   + (", stopped early" if manifest.get("stopped_early") else "") + ")"),
@@ -164,15 +185,53 @@ def run_section(run: RunDir, manifest: dict) -> list[str]:
                       f"test evaluation {manifest.get('test_eval_seconds')} s)"),
         ("trained tokens", f"{manifest.get('trained_tokens')} ({manifest.get('tokens_per_second')} per second)"),
         ("precision", manifest.get("precision")),
-        ("hardware", json.dumps(manifest.get("hardware", {}))),
+        ("hardware", _pairs(manifest.get("hardware", {}))),
         ("versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())),
     ]
     out = ["<h2 id='run'>Timings and versions</h2><table>"]
     out += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows]
     out.append("</table>")
     if run.recipe.exists():
-        out.append(f"<h2 id='recipe'>Recipe (resolved)</h2><pre>{esc(run.recipe.read_text())}</pre>")
+        out += recipe_section(run)
     return out
+
+
+def recipe_section(run: RunDir) -> list[str]:
+    """What this run set (the keys that differ from the defaults), then the whole resolved recipe folded."""
+    from ..recipe import recipe_diff, recipe_from_dict
+
+    text = run.recipe.read_text()
+    out = ["<h2 id='recipe'>Recipe</h2>"]
+    try:
+        saved = yaml.safe_load(text)
+        base = recipe_from_dict({k: saved[k] for k in ("task", "model", "method") if k in saved}
+                                | {"data": {"train": saved["data"]["train"]}}).model_dump(mode="json")
+        flat = _flat(saved)
+        changed = [f for k in recipe_diff(base, saved) for f in flat if f == k or f.startswith(k + ".")]
+    except Exception:  # noqa: BLE001 - an old or hand-edited recipe: show it whole
+        changed, flat = [], {}
+    if changed:
+        out.append("<p>Set by this run (every other key has its default):</p><table>"
+                   + "".join(f"<tr><th>{esc(k)}</th><td>{esc(flat[k])}</td></tr>" for k in changed) + "</table>")
+    lines = text.count("\n")
+    return out + [f"<details><summary>The whole resolved recipe ({lines} lines, defaults included)</summary>"
+                  f"<pre>{esc(text)}</pre></details>"]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _nav(parts: list[str]) -> str:
+    """Links to the sections this report has, in their order (and nothing it lacks)."""
+    found = re.findall(r"<h2 id='([^']+)'>(.*?)</h2>", "\n".join(parts))
+    return "<nav>" + "".join(f"<a href='#{i}'>{re.sub('<[^>]+>', '', title).lower()}</a>" for i, title in found) + "</nav>"
 
 
 def write_report(run: RunDir | str, extra_sections: tuple[str, ...] = ()) -> None:
@@ -187,14 +246,12 @@ def write_report(run: RunDir | str, extra_sections: tuple[str, ...] = ()) -> Non
              f"method <b>{esc(manifest.get('method'))}</b>, status <b>{esc(manifest.get('status'))}</b>.</p>"]
     if manifest.get("error"):
         parts.append(f"<div class='box bad'>Error: {esc(manifest['error'])}</div>")
-    nav = ["results", "forgetting", "curves", "slices", "counterfactuals", "audit", "run", "recipe"]
-    parts.append("<nav>" + "".join(f"<a href='#{n}'>{n}</a>" for n in nav) + "</nav>")
     if result:
         parts += metrics_section(result)
         parts += forgetting_section(result)
     # a run that failed before it wrote its task gets the sections every task has
     task = get_task(manifest["task"]) if manifest.get("task") else Task()
-    parts += curves_section(run, task)
+    parts += curves_section(run, task, manifest.get("best_step"))
     parts += diagnostics_section(run)
     if result:
         for name in task.report_sections:
@@ -204,5 +261,6 @@ def write_report(run: RunDir | str, extra_sections: tuple[str, ...] = ()) -> Non
     parts.extend(extra_sections)
     parts += audit_section(run)
     parts += run_section(run, manifest)
+    parts.insert(4 + bool(manifest.get("error")), _nav(parts))
     parts.append("</body></html>")
     atomic_write_text(run.report, "\n".join(p for p in parts if p))
