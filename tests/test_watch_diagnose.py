@@ -94,3 +94,27 @@ def test_planted_overfit_is_reported_in_run_folder_and_output(tmp_path, tiny_ber
     cli = CliRunner().invoke(app, ["diagnose", str(result.path), "--json"])
     assert cli.exit_code == 0, cli.output
     assert json.loads(cli.stdout) == findings
+
+
+def test_a_small_rise_on_few_validation_rows_is_a_note_not_a_warning():
+    # the demo's case: 0.2346 -> 0.2624 on 42 rows, the best checkpoint kept
+    train = [1.0 * 0.9 ** i for i in range(50)]
+    val = [0.9, 0.5, 0.3, 0.2346, 0.24, 0.25, 0.255, 0.26, 0.2624, 0.2624]
+    few = diagnose(_log(train, val), _recipe(), watch="loss", mode="min", best_step=40, val_rows=42)
+    over = next(f for f in few if f["check"] == "overfitting")
+    assert over["severity"] == "info" and "On 42 validation rows a rise of 12 % is within noise" in over["message"]
+    many = diagnose(_log(train, val), _recipe(), watch="loss", mode="min", best_step=40, val_rows=5000)
+    assert next(f for f in many if f["check"] == "overfitting")["severity"] == "warning"
+
+
+def test_a_tuned_model_worse_than_its_baseline_is_the_first_warning():
+    from tuneline.tasks import get_task
+    from tuneline.training.diagnose import _worse_than_baseline
+
+    chat = get_task("generate")  # judged by chrF, higher is better
+    worse = _worse_than_baseline({"tuned": {"chrf": 7.0}, "baseline": {"chrf": 22.9, "kind": "base_model"}}, chat)
+    assert [f["severity"] for f in worse] == ["warning"]
+    assert "chrf 7, worse than the baseline (base model) at 22.9" in worse[0]["message"]
+    assert _worse_than_baseline({"tuned": {"chrf": 22.8}, "baseline": {"chrf": 22.9}}, chat) == []  # a tie
+    assert _worse_than_baseline({"tuned": {"chrf": 30.0}, "baseline": {"chrf": 22.9}}, chat) == []
+    assert _worse_than_baseline(None, chat) == []

@@ -66,20 +66,31 @@ def _advice(recipe, best_epoch: float, train_rows: int | None) -> str:
 
 
 def diagnose(metrics: list[dict], recipe, *, watch: str, mode: str, best_step: int | None = None,
-             train_rows: int | None = None) -> list[dict]:
+             train_rows: int | None = None, val_rows: int | None = None) -> list[dict]:
     """Findings from the metrics log. `watch`/`mode`: the metric that picked the best checkpoint."""
     train = [r for r in metrics if r.get("type") == "train" and isinstance(r.get("loss"), (int, float))]
     evals = [r for r in metrics if r.get("type") == "eval" and r.get("split", "validation") == "validation"]
     findings: list[dict] = []
     loss_curve = _curve(evals, "loss")
     if loss_curve and train:
-        findings += _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train_rows)
+        findings += _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train_rows, val_rows)
     if len(train) >= 2:
         findings += _not_learning(train, loss_curve, recipe)
     return findings
 
 
-def _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train_rows) -> list[dict]:
+def _within_noise(best: float, final: float, val_rows: int | None) -> str:
+    """A note when the validation loss rose by less than its own noise: two standard errors of a mean
+    over `val_rows` rows, taken as 2 / sqrt(n) of the loss (per-row losses spread about as wide as
+    their mean). A small rise after a best checkpoint that was kept costs nothing: not a warning."""
+    if not val_rows or best <= 0:
+        return ""
+    rise, noise = final / best - 1, 2 / math.sqrt(val_rows)
+    return (f" On {val_rows} validation rows a rise of {100 * rise:.0f} % is within noise (about "
+            f"{100 * noise:.0f} %): a note, not a warning.") if rise < noise else ""
+
+
+def _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train_rows, val_rows=None) -> list[dict]:
     findings = []
     watched = _curve(evals, watch) if watch not in LOSS_METRICS else loss_curve
     kept = best_step if best_step is not None else (_best(watched, mode)[0] if watched else None)
@@ -99,11 +110,12 @@ def _overfitting(train, loss_curve, evals, recipe, watch, mode, best_step, train
                 f"{f_loss:.4g} at step {f_step}{metric_note}" if loss_worse else metric_note[2:])
         kept_note = (f" The saved model is the best checkpoint (step {kept}, by validation {watch}), so the "
                      f"steps after it were wasted, not the result." if kept is not None else "")
+        noise = _within_noise(b_loss, f_loss, val_rows) if loss_worse and not drop and kept is not None else ""
         findings.append({
-            "check": "overfitting", "severity": "warning", "step": where,
+            "check": "overfitting", "severity": "info" if noise else "warning", "step": where,
             "message": (f"{what} while the training loss "
                         f"kept falling ({t_best:.4g} -> {t_end:.4g}); the train/validation loss gap grew "
-                        f"from {gap_best:.3f} to {gap_end:.3f}.{kept_note}"),
+                        f"from {gap_best:.3f} to {gap_end:.3f}.{kept_note}{noise}"),
             "advice": _advice(recipe, where_epoch, train_rows),
         })
     if kept is not None:
@@ -155,8 +167,39 @@ def diagnose_run(run: RunDir, recipe, task, state: dict | None = None) -> list[d
     mode = es.resolved_mode() if es else direction.mode(watch)
     manifest = run.read_manifest()
     best_step = (state or {}).get("best_step", manifest.get("best_step"))
-    rows = (manifest.get("rows") or {}).get("train")
-    return diagnose(run.read_metrics(), recipe, watch=watch, mode=mode, best_step=best_step, train_rows=rows)
+    rows = manifest.get("rows") or {}
+    findings = diagnose(run.read_metrics(), recipe, watch=watch, mode=mode, best_step=best_step,
+                        train_rows=rows.get("train"), val_rows=rows.get("validation"))
+    worse = _worse_than_baseline(_read_eval(run), task)
+    return worse + findings
+
+
+def _read_eval(run: RunDir) -> dict | None:
+    try:
+        return json.loads(run.eval_file.read_text())
+    except (OSError, ValueError):  # no test evaluation yet (a failed or running run)
+        return None
+
+
+def _worse_than_baseline(result: dict | None, task) -> list[dict]:
+    """The tuned model below its baseline on the test figure that judges the task: the first thing a
+    user must hear, whatever the curves say."""
+    if not result or task.key_metric not in result.get("tuned", {}):
+        return []
+    key = task.key_metric
+    t, b = result["tuned"].get(key), (result.get("baseline") or {}).get(key)
+    if not isinstance(t, (int, float)) or not isinstance(b, (int, float)) or not _worse(b, t, direction.mode(key)):
+        return []
+    if abs(t - b) <= 0.02 * max(abs(b), 1e-9):
+        return []  # a tie within 2 %: not worth an alarm
+    base = (result.get("baseline") or {}).get("kind", "baseline").replace("_", " ")
+    return [{
+        "check": "worse_than_baseline", "severity": "warning", "step": None,
+        "message": f"on the test rows the tuned model scores {key} {t:.4g}, worse than the baseline ({base}) at {b:.4g}",
+        "advice": ("look at the report's other figures and samples first (a chat model tuned to short answers can "
+                   "lose corpus chrF while winning on loss); then try a smaller train.lr, more data or epochs, "
+                   "or check the data with tuneline data check"),
+    }]
 
 
 def write_diagnostics(run: RunDir, findings: list[dict]) -> None:
