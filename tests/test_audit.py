@@ -154,3 +154,16 @@ def test_training_runs_the_audit(tiny_recipe, tmp_path):
     result = tuneline.train(tiny_recipe("full", epochs=1))
     saved = json.loads((result.path / "audit.json").read_text())
     assert set(saved) == {"rows", "findings"} and saved["rows"]["train"] > 0
+
+
+def test_a_contact_in_many_rows_is_an_organisations_not_personal_data(tmp_path):
+    rows = synthetic_rows(40, 8)
+    for i in range(0, 30, 5):  # the shop's own address in 6 answers
+        rows[i]["text"] += " write to support@shop.example for help"
+    rows[33]["text"] += " my mail is jane.doe@mail.example"  # a person's, once
+    result = audit({"train": write_jsonl(tmp_path / "t.jsonl", rows)}, "labelled_text", label_noise=False)
+    counts = _counts(result)
+    assert counts["pii"] == 1 and _lines(result, "pii") == {34}
+    shared = next(f for f in result.findings if f.check == "shared_contact")
+    assert shared.severity == "info" and shared.examples[0]["rows"] == 6
+    assert "support" not in json.dumps(shared.examples)  # still masked

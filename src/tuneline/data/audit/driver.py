@@ -20,7 +20,7 @@ from .findings import Finding, Findings
 from .items import CHAT, INVALID, LABELLED_TEXT, SHAPES, Item, make_reader, normalise
 from .label_noise import Reservoir, check_label_noise
 from . import near
-from .row_checks import check_encoding, check_pii, length_check
+from .row_checks import PiiCheck, check_encoding, length_check
 from .source import Source
 
 CHAT_SIGNS = {"messages", "conversations", "completion", "output"}  # columns only chat rows have
@@ -64,6 +64,7 @@ def audit(splits: dict[str, Rows | str | Path | None], shape: str, *, text_colum
             scan.read(split, data)
     if scan.lengths is not None:
         scan.lengths.flush()
+    scan.pii.finish(out)
     _check_across_rows(scan)
     drop: dict[str, set[int]] = defaultdict(set)
     for (file, line) in scan.drop_reasons:
@@ -82,6 +83,7 @@ class _FirstPass:
         self.rows_count: dict[str, int] = {}
         self.drop_reasons: dict[tuple[str, int], str] = {}
         self.readers = []
+        self.pii = PiiCheck()
 
     def read(self, split: str, data: Rows | str | Path) -> None:
         src = Source(split, data)
@@ -95,7 +97,7 @@ class _FirstPass:
             if it is None:
                 continue
             check_encoding(it, self.out)
-            check_pii(it, self.out)
+            self.pii.add(it)
             if self.lengths is not None:
                 self.lengths.add(it)
             self.index.add(code, it)

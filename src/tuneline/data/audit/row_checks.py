@@ -86,12 +86,41 @@ def find_pii(text: str) -> list[tuple[str, str]]:
     return found
 
 
-def check_pii(it: Item, out: Findings) -> None:
-    hits = find_pii(f"{it.input}\n{it.target}")
-    if hits:
-        kinds = sorted({k for k, _ in hits})
-        out.get("pii", "warning", "personal data: e-mail addresses, phone, card numbers, IP addresses (masked)").add(
-            it.file, it.line, kinds=kinds, masked=[mask(v) for _, v in hits][:3])
+class PiiCheck:
+    """Personal data: e-mail addresses, phone, card numbers and IP addresses, masked in the findings.
+
+    The same address or number in many rows is an organisation's contact (a shop's support address in
+    its own answers), not a person's: a value seen in SHARED_ROWS rows or more is reported once as
+    `shared_contact` (info), and a row counts as `pii` only for values that are not shared. What stays
+    in memory is a 64-bit hash per value and, per row with a hit, its place and its values' hashes."""
+
+    SHARED_ROWS = 5
+
+    def __init__(self):
+        self.rows_with: dict[int, int] = {}   # value hash -> rows it appears in
+        self.hits: list[tuple[str, int, list[tuple[str, int, str]]]] = []  # (file, line, [(kind, hash, masked)])
+
+    def add(self, it: Item) -> None:
+        found = {(kind, hash(v), mask(v)) for kind, v in find_pii(f"{it.input}\n{it.target}")}
+        for _, h, _ in found:
+            self.rows_with[h] = self.rows_with.get(h, 0) + 1
+        if found:
+            self.hits.append((it.file, it.line, sorted(found)))
+
+    def finish(self, out: Findings) -> None:
+        shared: dict[int, tuple] = {}  # value hash -> (kind, masked, file, line) of its first row
+        for file, line, found in self.hits:
+            own = [(k, m) for k, h, m in found if self.rows_with[h] < self.SHARED_ROWS]
+            for k, h, m in found:
+                if self.rows_with[h] >= self.SHARED_ROWS:
+                    shared.setdefault(h, (k, m, file, line))
+            if own:
+                out.get("pii", "warning", "personal data: e-mail addresses, phone, card numbers, IP addresses "
+                        "(masked)").add(file, line, kinds=sorted({k for k, _ in own}), masked=[m for _, m in own][:3])
+        for h, (kind, masked, file, line) in shared.items():
+            out.get("shared_contact", "info", f"the same contact in {self.SHARED_ROWS} rows or more: an "
+                    "organisation's address or number, not personal data (check it belongs in the answers)").add(
+                file, line, kind=kind, masked=masked, rows=self.rows_with[h])
 
 
 def length_check(shape: str, tokenizer, max_length: int, out: Findings):
