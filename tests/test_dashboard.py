@@ -53,11 +53,15 @@ def test_playground_and_feedback_in_a_browser(run, tmp_path, monkeypatch):
             assert "1 feedback rows: 0 up, 1 down" in page.text_content("#feedback-summary")
 
             page.wait_for_function("document.querySelector('#runs').textContent.includes('(serving)')")
+            runs = page.text_content("#runs")
+            assert "accuracy" in runs and ".000 /" not in runs and "n 1" not in runs  # scores, not row counts
+            assert page.text_content("#thumb-down") == "Wrong answer"  # text, not an emoji a font may lack
             page.click("button[data-report='v1']")
             page.wait_for_selector("#report-frame", state="visible")
             # live traffic refreshes every 5 s and counts the playground's request
             page.wait_for_function("/requests\\s*1\\s*errors\\s*0/.test(document.querySelector('#traffic').textContent)",
                                    timeout=15_000)
+            assert "bars: requests per" in page.text_content("#traffic-axis")
         finally:
             browser.close()
     con = sqlite3.connect(tmp_path / "m.db")

@@ -233,6 +233,8 @@ def test_gguf_round_trip_through_transformers_loader(chat_run, tmp_path):
     assert f'SYSTEM """{SYSTEM}"""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "PARAMETER num_predict 6" in modelfile and "PARAMETER temperature 0" in modelfile
     assert "PARAMETER repeat_penalty 1\n" in modelfile  # Ollama's default (1.1) would change the answers
+    # llama.cpp reproduces the run only with the GGUF's own template (its built-in ChatML drops the system prompt)
+    assert "-cnv --jinja" in modelfile and "-cnv --jinja" in (out / "README.md").read_text()
 
 
 def test_llama_cpp_loads_the_gguf_and_answers_like_the_run(chat_run, tmp_path):

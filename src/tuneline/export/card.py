@@ -44,7 +44,10 @@ def usage(fmt: str, task, info: dict, manifest: dict) -> str:
     if fmt == "gguf":
         first = next(f for f in manifest["files"] if f.endswith(".gguf"))
         return ("```bash\nollama create my-model -f Modelfile && ollama run my-model   # Ollama\n"
-                f"llama-cli -m {first} -cnv                                   # llama.cpp\n```\n\n"
+                f"llama-cli -m {first} -cnv --jinja                           # llama.cpp\n```\n\n"
+                "`--jinja` makes llama.cpp use the GGUF's own chat template, the one the run was trained and "
+                "evaluated with (default system prompt included); without it llama.cpp falls back on its "
+                "built-in ChatML and answers can differ.\n\n"
                 "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer  # needs the gguf package\n\n"
                 f"model = AutoModelForCausalLM.from_pretrained(\".\", gguf_file=\"{first}\")\n"
                 f"tok = AutoTokenizer.from_pretrained(\".\", gguf_file=\"{first}\")\n```"

@@ -43,6 +43,7 @@ def modelfile(gguf_name: str, tokenizer, generate_options: dict, run_path: str) 
     system = generate_options.get("system_prompt") or default_system
     lines = [f"# Ollama Modelfile written by `tuneline export` from {run_path}",
              "#   ollama create my-model -f Modelfile && ollama run my-model",
+             "#   llama.cpp: llama-cli -m MODEL.gguf -cnv --jinja (--jinja: the GGUF's own chat template, as trained)",
              f"FROM ./{gguf_name}"]
     if chatml:
         lines.append(f"TEMPLATE {_quoted(CHATML_GO_TEMPLATE)}")
