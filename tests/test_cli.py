@@ -69,6 +69,7 @@ def test_train_predict_evaluate_json(tiny_recipe, tmp_path):
     out = tmp_path / "run-full"
     assert "Test metrics" in r.stdout and str(out) in r.stdout
     assert ", ETA 0m" in r.stdout  # progress lines without a terminal still say how long is left
+    assert "Verdict: the tuned model is" in r.stdout and "the baseline (majority class) on accuracy" in r.stdout
     # the run's files can be shared as they are: the umask's modes, not mkstemp's 0600
     umask = os.umask(0)
     os.umask(umask)

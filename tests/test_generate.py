@@ -126,6 +126,10 @@ def test_generate_methods_train_and_evaluate(method, gen_recipe):
     assert len(ev["tuned"]["samples"]) == 5 and {"prompt", "reference", "tuned", "baseline"} <= set(ev["tuned"]["samples"][0])
     if method == "full":
         assert ev["tuned"]["loss"] < ev["baseline"]["loss"]
+        # open answers (6 words): the verdict rests on loss, ROUGE-L and chrF per answer, not corpus chrF alone
+        assert ev["verdict_metrics"] == ["loss", "rougeL", "chrf_per_answer"]
+        page = (result.path / "report.html").read_text()
+        assert "verdict metrics: <b>loss</b>" in page
     run = tuneline.load_run(result.path)
     out = run.predict(["what is the code for snow"])
     assert isinstance(out[0]["text"], str)
@@ -291,3 +295,27 @@ def test_an_encoder_for_a_chat_task_is_refused_before_the_data_is_read(gen_recip
     with pytest.raises(UserError, match="is an encoder .* needs a decoder"):
         tuneline.train(gen_recipe("lora"), overrides=[f"model={tiny_bert}"])
     assert "Data audit" not in capsys.readouterr().out  # seconds, not after the audit
+
+
+def test_verdict_metrics_follow_the_answers_or_the_recipe():
+    from types import SimpleNamespace
+
+    from tuneline.recipe import recipe_from_dict
+    from tuneline.tasks import get_task
+
+    chat = get_task("generate")
+    base = {"task": "generate", "model": "x", "data": {"train": "t.jsonl"}}
+    recipe = recipe_from_dict(base)
+    labels = SimpleNamespace(references=["positive", "negative", "very positive"])
+    assert chat.verdict_metrics(recipe, labels) == ["exact_match"]  # short label-like answers
+    prose = SimpleNamespace(references=["the code for snow is white and cold"])
+    assert chat.verdict_metrics(recipe, prose) == ["loss", "rougeL", "chrf_per_answer"]
+    named = recipe_from_dict({**base, "eval": {"headline": "chrf"}})
+    assert chat.verdict_metrics(named, prose) == ["chrf"]
+
+
+def test_a_headline_metric_of_another_task_is_a_clear_error(gen_recipe):
+    from tuneline.errors import UserError
+
+    with pytest.raises(UserError, match="eval.headline: 'accuracy' is not a generate test metric; allowed: loss"):
+        tuneline.train(gen_recipe("lora"), overrides=["eval.headline=accuracy"])

@@ -114,7 +114,12 @@ def test_a_tuned_model_worse_than_its_baseline_is_the_first_warning():
     chat = get_task("generate")  # judged by chrF, higher is better
     worse = _worse_than_baseline({"tuned": {"chrf": 7.0}, "baseline": {"chrf": 22.9, "kind": "base_model"}}, chat)
     assert [f["severity"] for f in worse] == ["warning"]
-    assert "chrf 7, worse than the baseline (base model) at 22.9" in worse[0]["message"]
+    assert "worse than the baseline (base model) on chrf: chrf 7 vs 22.9" in worse[0]["message"]
     assert _worse_than_baseline({"tuned": {"chrf": 22.8}, "baseline": {"chrf": 22.9}}, chat) == []  # a tie
     assert _worse_than_baseline({"tuned": {"chrf": 30.0}, "baseline": {"chrf": 22.9}}, chat) == []
     assert _worse_than_baseline(None, chat) == []
+    # several verdict metrics: a warning only when most of them are worse
+    mixed = {"verdict_metrics": ["loss", "rougeL", "chrf_per_answer"],
+             "tuned": {"loss": 2.42, "rougeL": 0.27, "chrf_per_answer": 28.4, "chrf": 19.2},
+             "baseline": {"loss": 2.63, "rougeL": 0.20, "chrf_per_answer": 27.7, "chrf": 25.8}}
+    assert _worse_than_baseline(mixed, chat) == []  # Dolly: better on loss and ROUGE-L, chrF per answer a tie

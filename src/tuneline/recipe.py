@@ -162,6 +162,15 @@ class EvalOptions(_Strict):
         None, description="swap gendered terms and names (true), or the pairs of a file (one 'a,b' per line); "
                           "default: on for classify, off for generate (it generates twice per row)")
     counterfactual_samples: int = Field(50, ge=1, description="cap on rows generated twice (generate task)")
+    headline: Optional[list[str]] = Field(
+        None, description="test metrics the verdict (tuned vs baseline) rests on; default: the task's choice "
+        "(classify: accuracy; generate: exact_match for short label-like answers, else loss, rougeL and "
+        "chrf_per_answer)")
+
+    @field_validator("headline", mode="before")
+    @classmethod
+    def _one_headline(cls, v):
+        return [v] if isinstance(v, str) else v  # `headline: rougeL` is a list of one
 
 
 class SearchParam(_Strict):

@@ -17,6 +17,7 @@ def evaluate_model(task, model, tokenizer, data, recipe, info: dict, device, bas
     n = scores["tuned"].get("generated", len(data))
     result = {"task": task.name, "labels": info.get("labels"), "n": n, "split": split, **scores}
     result["difference"] = difference(result["tuned"], result["baseline"], task.headline_metrics)
+    result["verdict_metrics"] = task.verdict_metrics(recipe, data)
     task.evaluation_extras(result, preds, data, model, tokenizer, recipe, info, device, base_dir)
     result["forgetting"] = measure_forgetting(task, model, tokenizer, recipe, info, device, base_dir)
     return result, preds

@@ -12,21 +12,24 @@ from . import plots
 from .page import LOWER_IS_BETTER, NOT_A_SCORE, STYLE, esc, img, read_json, signed
 from .sections import SECTIONS
 from .tables import cell, headline_keys
+from ..evaluation import verdict
 from ..runs import RunDir, atomic_write_text
 from ..tasks import Task, get_task
 
 
 def headline(result: dict) -> str:
-    """The verdict: the task's key metric, tuned against the baseline."""
-    key = get_task(result["task"]).key_metric
-    t, b = result["tuned"].get(key), result["baseline"].get(key)
-    if not isinstance(t, (int, float)) or not isinstance(b, (int, float)):
+    """The verdict box: the verdict metrics (evaluation/verdict.py), tuned against the baseline."""
+    v = verdict.compare(result, get_task(result["task"]).key_metric)
+    if v is None:
         return ""
     base = result["baseline"].get("kind", "baseline").replace("_", " ")
-    better = t < b if key in LOWER_IS_BETTER else t > b
-    verdict = "equal to" if t == b else ("better than" if better else "worse than")
-    return (f"<div class='box'>Tuned model: <b>{key} {t:.4f}</b> on {result.get('n')} test rows, "
-            f"{verdict} the baseline ({base}) at {b:.4f} ({signed(t - b, key)}).</div>")
+    if len(v["rows"]) == 1:
+        key, t, b, _ = v["rows"][0]
+        return (f"<div class='box'>Tuned model: <b>{key} {t:.4f}</b> on {result.get('n')} test rows, "
+                f"{v['word']} the baseline ({base}) at {b:.4f} ({signed(t - b, key)}).</div>")
+    figures = "; ".join(f"<b>{k}</b> {t:.4f} vs {b:.4f} ({signed(t - b, k)})" for k, t, b, _ in v["rows"])
+    return (f"<div class='box'>Tuned model on {result.get('n')} test rows: <b>{v['word']} the baseline ({base})</b>, "
+            f"better on {v['better']} of {len(v['rows'])} verdict metrics: {figures}.</div>")
 
 
 def metrics_section(result: dict) -> list[str]:

@@ -3,6 +3,7 @@ metrics it shows (the task's headline metrics) and how a value is written."""
 
 from __future__ import annotations
 
+from ..evaluation import verdict
 from ..tasks import get_task
 
 
@@ -32,6 +33,9 @@ def metrics_table(result: dict) -> str:
         lines.append("  " + "  ".join(c.ljust(w[j]) for j, c in enumerate(r)))
         if i == 0:
             lines.append("  " + "  ".join("-" * w[j] for j in range(3)))
+    v = verdict.compare(result, get_task(result["task"]).key_metric) if result.get("task") else None
+    if v:
+        lines.append(f"\nVerdict: the tuned model is {verdict.sentence(v, base_name)}.")
     per_class = tuned.get("per_class")
     if per_class:
         lines.append("\nPer class (tuned): " + ", ".join(

@@ -165,6 +165,11 @@ class Task:
         """Per plain row, how right a loaded run is from 0 to 1, by `key_metric` (retrain's sign test)."""
         raise NotImplementedError
 
+    def verdict_metrics(self, recipe, data) -> list[str]:
+        """The test metrics the verdict (tuned vs baseline) rests on: the recipe's `eval.headline`,
+        else the task's choice for this test data (`data`: the encoded test split)."""
+        return list(recipe.eval.headline or [self.key_metric])
+
     def max_eval_rows(self, recipe) -> int | None:
         """How many test rows an evaluation scores (generation is slow), None for all."""
         return None

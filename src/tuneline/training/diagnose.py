@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..evaluation import direction
+from ..evaluation import direction, verdict
 from ..runs import RunDir, atomic_write_json
 from .methods import get_method
 
@@ -182,20 +182,16 @@ def _read_eval(run: RunDir) -> dict | None:
 
 
 def _worse_than_baseline(result: dict | None, task) -> list[dict]:
-    """The tuned model below its baseline on the test figure that judges the task: the first thing a
-    user must hear, whatever the curves say."""
-    if not result or task.key_metric not in result.get("tuned", {}):
+    """The tuned model below its baseline on most of its verdict metrics (evaluation/verdict.py): the
+    first thing a user must hear, whatever the curves say."""
+    v = verdict.compare(result, task.key_metric) if result else None
+    if v is None or v["worse"] <= v["better"]:
         return []
-    key = task.key_metric
-    t, b = result["tuned"].get(key), (result.get("baseline") or {}).get(key)
-    if not isinstance(t, (int, float)) or not isinstance(b, (int, float)) or not _worse(b, t, direction.mode(key)):
-        return []
-    if abs(t - b) <= 0.02 * max(abs(b), 1e-9):
-        return []  # a tie within 2 %: not worth an alarm
     base = (result.get("baseline") or {}).get("kind", "baseline").replace("_", " ")
+    figures = ", ".join(f"{k} {t:.4g} vs {b:.4g}" for k, t, b, side in v["rows"] if side < 0)
     return [{
         "check": "worse_than_baseline", "severity": "warning", "step": None,
-        "message": f"on the test rows the tuned model scores {key} {t:.4g}, worse than the baseline ({base}) at {b:.4g}",
+        "message": f"on the test rows the tuned model is {verdict.sentence(v, base)}: {figures}",
         "advice": ("look at the report's other figures and samples first (a chat model tuned to short answers can "
                    "lose corpus chrF while winning on loss); then try a smaller train.lr, more data or epochs, "
                    "or check the data with tuneline data check"),

@@ -188,6 +188,10 @@ def _set_up(recipe: Recipe, base_dir: Path | None) -> tuple:
     if recipe.train.early_stopping and recipe.train.early_stopping.metric not in task.metric_names:
         raise UserError(f"train.early_stopping.metric: {recipe.train.early_stopping.metric!r} is not a "
                         f"{recipe.task} metric; allowed: {', '.join(task.metric_names)}")
+    bad = [m for m in recipe.eval.headline or [] if m not in task.headline_metrics]
+    if bad:
+        raise UserError(f"eval.headline: {bad[0]!r} is not a {recipe.task} test metric; allowed: "
+                        f"{', '.join(task.headline_metrics)}")
     check_trackers(recipe)
     _setup_threads(recipe)
     precision = hardware.resolve_precision(recipe.train.precision)
