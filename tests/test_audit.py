@@ -167,3 +167,17 @@ def test_a_contact_in_many_rows_is_an_organisations_not_personal_data(tmp_path):
     shared = next(f for f in result.findings if f.check == "shared_contact")
     assert shared.severity == "info" and shared.examples[0]["rows"] == 6
     assert "support" not in json.dumps(shared.examples)  # still masked
+
+
+@pytest.mark.parametrize("truncation, said", [("middle", "from the middle of the prompt"),
+                                              ("left", "the start of the prompt"),
+                                              ("drop", "the whole row")])
+def test_chat_length_check_says_what_the_recipes_truncation_cuts(truncation, said, tmp_path, tiny_llama):
+    from transformers import AutoTokenizer
+
+    long_turn = "summarise this: " + " ".join(["the shipment arrived late again"] * 40)
+    rows = [{"messages": [{"role": "user", "content": long_turn}, {"role": "assistant", "content": "It was late."}]}]
+    result = audit({"train": write_jsonl(tmp_path / "c.jsonl", rows)}, "chat",
+                   tokenizer=AutoTokenizer.from_pretrained(str(tiny_llama)), max_length=64, truncation=truncation)
+    found = [e for f in result.findings if f.check in ("format", "too_long") for e in f.examples]
+    assert found and said in found[0]["cut"], found

@@ -90,6 +90,10 @@ def test_truncation_keeps_final_answer():
     labels2 = [IGNORE] * 10 + list(range(10, 100))
     c2, l2 = fit_length(ids, labels2, 10, 32)
     assert len(c2) == 32 and c2[0] == 2 and l2[8] == 10
+    # middle: the start (system prompt, the instruction at the head of a long turn) and the answer stay
+    mid_ids, mid_labels = fit_length(ids, labels, 90, 32, keep_head=8)
+    assert mid_ids == list(range(8)) + list(range(76, 100)) and mid_labels[-10:] == list(range(90, 100))
+    assert fit_length(ids, labels, 90, 32, keep_head=30)[0][:14] == list(range(14))  # 8 tokens of context kept
 
 
 CHATS = [
@@ -151,6 +155,8 @@ def test_too_long_rows_cut_or_dropped_and_reported(gen_recipe, capsys):
     out = capsys.readouterr().out
     assert "train: 21 rows longer than train.max_length=16 were cut from the left" in out
     assert result.eval["n"] == 6
+    tuneline.train(gen_recipe("lora", epochs=1, max_length=16), overwrite=True)  # the default: middle
+    assert "were cut in the middle (their start and answer kept)" in capsys.readouterr().out
 
 
 def test_chat_cli(gen_recipe):

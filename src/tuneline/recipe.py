@@ -137,7 +137,9 @@ class PromptOptions(_Strict):
 
 class GenerateOptions(_Strict):
     loss_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
-    truncation: Literal["left", "drop"] = Field("left", description="too-long rows: cut old history, or drop")
+    truncation: Literal["middle", "left", "drop"] = Field(
+        "middle", description="too-long rows: cut the middle (keeps the system prompt, the start of the first turn "
+        "and the answer), cut from the left (the oldest history), or drop them")
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)

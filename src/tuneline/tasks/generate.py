@@ -73,28 +73,33 @@ class Prepared:
     test: ChatEncoded
 
 
-def fit_length(ids, labels, last_start, max_length: int):
-    """Cut from the left of the history so the final answer stays; if the answer alone is too
+def fit_length(ids, labels, last_start, max_length: int, keep_head: int = 0):
+    """Cut the history so the final answer stays whole: from the left, or (keep_head > 0) in the
+    middle, keeping the first keep_head tokens: the system prompt and the head of the first turn,
+    where an instruction usually stands in front of its long context. If the answer alone is too
     long, keep a little context and the answer's beginning."""
     if len(ids) <= max_length:
         return ids, labels
     answer_len = len(ids) - last_start
     if answer_len <= max_length - 8:
-        return ids[-max_length:], labels[-max_length:]
+        head = min(keep_head, last_start, max_length - 8 - answer_len)  # 8+ tokens of context before the answer
+        tail = max_length - head
+        return ids[:head] + ids[-tail:], labels[:head] + labels[-tail:]
     keep_ctx = min(last_start, max_length // 4)
     start = last_start - keep_ctx
     return ids[start:start + max_length], labels[start:start + max_length]
 
 
 def encode_row(tokenizer, msgs: list[dict], options, max_length: int) -> tuple[list[int], list[int], int]:
-    """One conversation -> (ids, labels, status bits): too long rows are cut (truncation: left)
-    or dropped (drop); a row with no answer token left is dropped. Dropped rows have no ids."""
+    """One conversation -> (ids, labels, status bits): too long rows are cut (truncation: middle or
+    left) or dropped (drop); a row with no answer token left is dropped. Dropped rows have no ids."""
     ids, labs, last_start = encode_conversation(tokenizer, msgs, options.loss_on)
     status = 0
     if len(ids) > max_length:
         if options.truncation == "drop":
             return [], [], DROPPED
-        ids, labs = fit_length(ids, labs, last_start, max_length)
+        keep_head = max_length // 4 if options.truncation == "middle" else 0
+        ids, labs = fit_length(ids, labs, last_start, max_length, keep_head)
         status = TRUNCATED
     if all(l == IGNORE for l in labs):
         return [], [], status | DROPPED
@@ -172,7 +177,7 @@ class GenerateTask(Task):
             out.records.append(rows.records[i])
         if not out.input_ids:
             raise UserError(f"{rows.path}: no row fits train.max_length={max_len}; raise it or use "
-                            "generate.truncation: left")
+                            "generate.truncation: middle")
         return out
 
     def prepare(self, splits, recipe, tokenizer) -> Prepared:
@@ -183,7 +188,8 @@ class GenerateTask(Task):
         for name in ("train", "validation", "test"):
             e = getattr(p, name)
             if e.truncated or e.dropped:
-                how = "cut from the left" if recipe.generate.truncation == "left" else "dropped"
+                how = {"left": "cut from the left", "middle": "cut in the middle (their start and answer kept)",
+                       "drop": "dropped"}[recipe.generate.truncation]
                 n = e.truncated + e.dropped
                 print(f"{name}: {n} {'row' if n == 1 else 'rows'} longer than train.max_length="
                       f"{recipe.train.max_length} were {how}"
@@ -212,7 +218,7 @@ class GenerateTask(Task):
         kept = rows.positions[~dropped]
         if not len(kept):
             raise UserError(f"{rows.path}: no row fits train.max_length={recipe.train.max_length}; raise it or use "
-                            "generate.truncation: left")
+                            "generate.truncation: middle")
         lines = rows.file.lines
         return ChatEncoded(TokenColumn(rows.file.tokens("input_ids"), kept), TokenColumn(rows.file.tokens("labels"), kept),
                            WhereColumn(rows.path, lines[kept]), [], [], truncated=int(((status & TRUNCATED) != 0).sum()),
@@ -427,7 +433,7 @@ class GenerateTask(Task):
 
     # -- data audit -------------------------------------------------------------
     def audit_options(self, recipe) -> dict:
-        return {"system_prompt": recipe.generate.system_prompt}
+        return {"system_prompt": recipe.generate.system_prompt, "truncation": recipe.generate.truncation}
 
     # -- service: drift and retraining ---------------------------------------------
     def input_texts(self, rows: Rows, recipe) -> tuple[list[str], None]:

@@ -49,7 +49,7 @@ def guess_shape(path: str | Path) -> str:
 
 def audit(splits: dict[str, Rows | str | Path | None], shape: str, *, text_column: str | None = None,
           label_column: str | None = None, fmt: str = "auto", tokenizer=None, max_length: int | None = None,
-          label_noise: bool = True, system_prompt: str | None = None) -> AuditResult:
+          label_noise: bool = True, system_prompt: str | None = None, truncation: str = "middle") -> AuditResult:
     """Audit the splits (train first): each a path (JSONL is streamed) or rows already read.
     `shape` is what the rows hold (a task's `data_shape`): "labelled_text" or "chat"."""
     if shape not in SHAPES:
@@ -57,7 +57,8 @@ def audit(splits: dict[str, Rows | str | Path | None], shape: str, *, text_colum
     out = Findings()
     scan = _FirstPass(shape, out, dict(text_column=text_column, label_column=label_column, fmt=fmt,
                                        system_prompt=system_prompt),
-                      length_check(shape, tokenizer, max_length, out) if tokenizer is not None and max_length else None,
+                      length_check(shape, tokenizer, max_length, out, truncation) if tokenizer is not None and max_length
+                      else None,
                       Reservoir() if shape == LABELLED_TEXT and label_noise else None)
     for split, data in splits.items():
         if data is not None:

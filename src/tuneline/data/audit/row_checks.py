@@ -123,10 +123,11 @@ class PiiCheck:
                 file, line, kind=kind, masked=masked, rows=self.rows_with[h])
 
 
-def length_check(shape: str, tokenizer, max_length: int, out: Findings):
-    """too_long (and template overflow for chats): rows over max_length tokens with this tokenizer."""
+def length_check(shape: str, tokenizer, max_length: int, out: Findings, truncation: str = "middle"):
+    """too_long (and template overflow for chats): rows over max_length tokens with this tokenizer;
+    `truncation`: how training cuts a too-long chat (middle, left or drop), so the finding says what goes."""
     return TextLengthCheck(tokenizer, max_length, out) if shape == LABELLED_TEXT else ChatLengthCheck(
-        tokenizer, max_length, out)
+        tokenizer, max_length, out, truncation)
 
 
 class TextLengthCheck:
@@ -160,8 +161,8 @@ class ChatLengthCheck:
     to, is a `format` finding: the model would learn an answer cut short, or one to a question it
     cannot see."""
 
-    def __init__(self, tokenizer, max_length: int, out: Findings):
-        self.tok, self.max_length, self.out = tokenizer, max_length, out
+    def __init__(self, tokenizer, max_length: int, out: Findings, truncation: str = "middle"):
+        self.tok, self.max_length, self.out, self.truncation = tokenizer, max_length, out, truncation
         ensure_chat_template(tokenizer)
 
     def flush(self) -> None:
@@ -178,16 +179,22 @@ class ChatLengthCheck:
             self.out.get(*self._overflow()).add(it.file, it.line, tokens=len(ids), answer_tokens=answer,
                                                 cut=f"{answer - kept} tokens from the end of the final answer")
             return
-        cut = len(ids) - n  # tokens dropped from the left
+        # the tokens [head, head + cut) go, as fit_length (tasks/generate.py) cuts them
+        head = min(n // 4, last, n - 8 - answer) if self.truncation == "middle" else 0
+        cut = len(ids) - n
         question = self._question_start(it.messages)
-        if cut > question:
+        if self.truncation == "drop":
+            self.out.get("too_long", "warning", f"conversations over max_length={n} tokens with the template").add(
+                it.file, it.line, tokens=len(ids), cut="the whole row (generate.truncation: drop)")
+        elif head + cut > question:
+            lost = head + cut - max(question, head)
+            where = "from the middle of" if head > question else ("all earlier turns and " if question > head else "") + "the start of"
             self.out.get(*self._overflow()).add(
                 it.file, it.line, tokens=len(ids), answer_tokens=answer,
-                cut=f"{'all earlier turns and ' if question else ''}{cut - question} tokens of the prompt the "
-                    "final answer replies to")
+                cut=f"{where} the prompt the final answer replies to: {lost} tokens")
         else:
             self.out.get("too_long", "warning", f"conversations over max_length={n} tokens with the template").add(
-                it.file, it.line, tokens=len(ids), cut=f"{cut} oldest history tokens")
+                it.file, it.line, tokens=len(ids), cut=f"{cut} {'oldest' if head == 0 else 'middle'} history tokens")
 
     def _overflow(self) -> tuple[str, str, str]:
         return ("format", "warning", f"template overflow: the chat-template render exceeds max_length={self.max_length} "
