@@ -233,12 +233,15 @@ def test_openai_client_against_live_service(gen_run, tmp_path):
     app = create_app(ServeSettings(run_dir=str(gen_run), db_url=f"sqlite:///{tmp_path / 'monitor.db'}"))
     with LiveServer(app) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-        chat = client.chat.completions.create(model="anything", messages=[{"role": "user", "content": "what is the code for sky"}],
+        name = gen_run.name  # what GET /v1/models lists
+        with pytest.raises(openai.NotFoundError, match="this service serves"):  # as OpenAI answers an unknown model
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        chat = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "what is the code for sky"}],
                                               max_tokens=5)
         assert chat.object == "chat.completion" and isinstance(chat.choices[0].message.content, str)
         assert chat.choices[0].finish_reason in ("stop", "length") and chat.usage.completion_tokens <= 5
         pieces = []
-        stream = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "what is the code for coal"}],
+        stream = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "what is the code for coal"}],
                                                 max_tokens=6, stream=True)
         finish = None
         for chunk in stream:
@@ -247,16 +250,16 @@ def test_openai_client_against_live_service(gen_run, tmp_path):
             if chunk.choices and chunk.choices[0].finish_reason:
                 finish = chunk.choices[0].finish_reason
         assert finish in ("stop", "length")
-        again = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "what is the code for coal"}],
+        again = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "what is the code for coal"}],
                                                max_tokens=6)
         assert "".join(pieces).strip() == again.choices[0].message.content  # greedy: stream == non-stream
-        comp = client.completions.create(model="x", prompt=["what is the code for snow", "hi"], max_tokens=4)
+        comp = client.completions.create(model=name, prompt=["what is the code for snow", "hi"], max_tokens=4)
         assert len(comp.choices) == 2 and comp.usage.prompt_tokens > 0
-        streamed = list(client.completions.create(model="x", prompt="hello", max_tokens=3, stream=True))
+        streamed = list(client.completions.create(model=name, prompt="hello", max_tokens=3, stream=True))
         assert streamed[-1].choices[0].finish_reason in ("stop", "length")
         assert [m.id for m in client.models.list()] == [gen_run.name]
         with pytest.raises(openai.UnprocessableEntityError):
-            client.chat.completions.create(model="x", messages=[], max_tokens=3)
+            client.chat.completions.create(model=name, messages=[], max_tokens=3)
         fb = httpx.post(f"{server.url}/v1/feedback", json={"request_id": chat.id, "rating": "down",
                                                             "corrected_answer": "the code for sky is blue"})
         assert fb.status_code == 200, fb.text
@@ -318,3 +321,11 @@ def test_sigterm_drains_every_request_into_the_store(cls_run, tmp_path):
     ids = {r["id"] for r in store.recent_requests(100_000) if r["status"] == 200}
     store.close()
     assert set(answered) <= ids and len(ids) == len(answered)
+
+
+def test_a_classifier_says_it_cannot_chat(cls_run, tmp_path):
+    with make_client(cls_run, tmp_path) as c:
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "great blender"}]})
+        assert r.status_code == 400 and "cannot chat" in r.json()["error"]["message"]
+        assert "POST /v1/classify" in r.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"prompt": "great"}).status_code == 400

@@ -41,18 +41,12 @@ class Answerer:
                           g.top_p if body.top_p is None else body.top_p, body.stops())
 
     async def answer(self, conversations: list[list[dict]], opts: GenOptions) -> tuple[list[dict], str]:
-        """Per conversation: text, finish_reason, prompt and completion tokens (a classifier's answer
-        also has label and score); the version that answered."""
-        if self.chats:
-            return await self.batcher.submit(opts, conversations)
-        preds, version = await self.classify([c[-1]["content"] for c in conversations])
-        return [{"text": p["label"], "finish_reason": "stop", "prompt_tokens": p.pop("tokens"),
-                 "completion_tokens": 1, "label": p["label"], "score": p["score"]} for p in preds], version
+        """Per conversation: text, finish_reason, prompt and completion tokens; the version that
+        answered. Only a run that chats gets here (routes/predictions.py refuses the others)."""
+        return await self.batcher.submit(opts, conversations)
 
     def start_stream(self, conv: list[dict], opts: GenOptions, on_text, cancel: threading.Event) -> asyncio.Future:
-        """Begin one answer, calling on_text(piece) as generated text becomes final (a classifier's
-        label comes whole at the end); the future gives what `answer` gives."""
-        if self.chats:
-            return asyncio.ensure_future(self.batcher.run_on_model_thread(
-                self.served.generate_stream, conv, opts, on_text, cancel))
-        return asyncio.ensure_future(self.answer([conv], opts))
+        """Begin one answer, calling on_text(piece) as generated text becomes final; the future gives
+        what `answer` gives."""
+        return asyncio.ensure_future(self.batcher.run_on_model_thread(
+            self.served.generate_stream, conv, opts, on_text, cancel))

@@ -51,12 +51,10 @@ class Ledger:
         n_out = sum(r["completion_tokens"] for r in results)
         self.metrics.tokens.labels("input").inc(n_in)
         self.metrics.tokens.labels("output").inc(n_out)
-        first = results[0]
         done = self.store.log_request(id=rid, endpoint=endpoint, model_version=version, inputs=inputs,
                                       input_tokens=n_in, output=[r["text"] for r in results],
-                                      label=first.get("label"), confidence=first.get("score"), output_tokens=n_out,
-                                      latency_ms=latency, n_inputs=n_inputs)
-        self.drift.observe(drift_texts, [r for r in results if "label" in r] or None)
+                                      output_tokens=n_out, latency_ms=latency, n_inputs=n_inputs)
+        self.drift.observe(drift_texts, None)
         await self.acknowledged(done)
 
     def failure(self, rid: str, endpoint: str, version: str, status: int, message: str, *, inputs=None,

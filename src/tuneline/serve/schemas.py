@@ -59,7 +59,7 @@ class ClassifyRequest(BaseModel):
         {"input": "the box arrived broken"}, {"input": ["love it", "it was okay"]}]})
     limits: ClassVar[Limits] = Limits()  # a service checks against its own: see request_models
     input: Union[str, list[str]] = Field(description="one text, or a list of texts")
-    model: Optional[str] = Field(None, description="ignored: the service serves one model")
+    model: Optional[str] = Field(None, description="the served model's name (GET /v1/models); another is a 404")
 
     @field_validator("input")
     @classmethod

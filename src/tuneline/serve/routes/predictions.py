@@ -26,7 +26,7 @@ def predictions_router(answerer: Answerer, ledger: Ledger, bodies: RequestModels
 
     @router.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(body: bodies.chat):
-        """OpenAI chat completions (stream: server-sent events). A classifier answers with the label."""
+        """OpenAI chat completions (stream: server-sent events); `model` must be the served one (GET /v1/models)."""
         return await _chat(answerer, ledger, body)
 
     @router.post("/v1/completions", tags=["openai"])
@@ -57,7 +57,19 @@ async def _classify(answerer: Answerer, ledger: Ledger, given) -> JSONResponse:
     return JSONResponse(out, headers={"X-Request-ID": rid})
 
 
+def _check_chat(answerer: Answerer, asked: str | None) -> None:
+    """As the OpenAI API does: a model this service does not serve is a 404 naming the one it does,
+    and a run that cannot chat (a classifier) says so instead of answering with a label."""
+    name = answerer.served.name
+    if asked is not None and asked != name:
+        raise HTTPException(404, f"model {asked!r} is not served here; this service serves {name!r} (GET /v1/models)")
+    if not answerer.chats:
+        raise HTTPException(400, f"this service serves a {answerer.served.current.task} run: it labels text "
+                                 "(POST /v1/classify) and cannot chat or complete text")
+
+
 async def _chat(answerer: Answerer, ledger: Ledger, body: ChatRequest):
+    _check_chat(answerer, body.model)
     conv, opts = body.conversation(), answerer.options(body)
     rid, t0, created = new_id("chatcmpl"), time.perf_counter(), int(time.time())
     user_text = conv[-1]["content"]
@@ -78,6 +90,7 @@ async def _chat(answerer: Answerer, ledger: Ledger, body: ChatRequest):
 
 
 async def _complete(answerer: Answerer, ledger: Ledger, body: CompletionRequest):
+    _check_chat(answerer, body.model)
     prompts, opts = body.prompts(), answerer.options(body)
     rid, t0, created = new_id("cmpl"), time.perf_counter(), int(time.time())
     convs = [[{"role": "user", "content": p}] for p in prompts]
