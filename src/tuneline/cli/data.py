@@ -14,7 +14,7 @@ from ..tasks import TASKS, get_task
 from .app import data_app
 
 
-@data_app.command("check")
+@data_app.command("check", epilog="Examples:\n\n  tuneline data check train.jsonl --test test.jsonl --model minilm-l6\n\n  tuneline data check train.csv --text-column body --label-column stars --fix clean/")
 def data_check(
     train_file: Path = typer.Argument(..., help="training rows (.jsonl .csv .tsv .parquet or datasets folder)"),
     validation: Optional[Path] = typer.Option(None, "--validation", help="validation rows"),
@@ -22,8 +22,10 @@ def data_check(
     task: Optional[str] = typer.Option(None, "--task", help=f"{' | '.join(TASKS)} (default: from the columns)"),
     model: Optional[str] = typer.Option(None, "--model", help="tokenizer for the too_long check (alias, folder, hub id)"),
     max_length: int = typer.Option(128, "--max-length", help="token limit for the too_long check"),
-    text_column: Optional[str] = typer.Option(None, "--text-column"),
-    label_column: Optional[str] = typer.Option(None, "--label-column"),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="the column with the input text "
+                                              "(default: found by its name, e.g. text, review, sentence)"),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="the column with the label "
+                                               "(default: found by its name, e.g. label, sentiment, intent)"),
     no_label_noise: bool = typer.Option(False, "--no-label-noise", help="skip the cross-validated label check"),
     fix: Optional[Path] = typer.Option(None, "--fix", help="write cleaned copies and dropped.jsonl into this folder"),
     as_json: bool = typer.Option(False, "--json", help="print {rows, findings} as JSON"),

@@ -11,7 +11,7 @@ import typer
 from .app import app
 
 
-@app.command("export")
+@app.command("export", epilog="Examples:\n\n  tuneline export runs/support -f gguf -o out/support-gguf -q f16 -q q8_0\n\n  tuneline export runs/reviews -f onnx -o out/reviews-onnx")
 def export(
     run: Path = typer.Argument(..., help="run folder"),
     fmt: str = typer.Option(..., "--format", "-f", help="hf | gguf | onnx"),

@@ -12,7 +12,7 @@ from .app import models_app
 
 
 @models_app.command("list")
-def models_list(as_json: bool = typer.Option(False, "--json")):
+def models_list(as_json: bool = typer.Option(False, "--json", help="print the catalog as JSON")):
     """Built-in models that work offline."""
     from ..models import catalog_status
 
@@ -33,7 +33,7 @@ def models_info(
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (activations)"),
     lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank for the estimate"),
     task: str = typer.Option(None, "--task", help=f"{' | '.join(TASKS)} (default: from the architecture)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print the facts and estimates as JSON"),
 ):
     """Architecture, parameters, context length, chat template, license and estimated training memory."""
     from ..model_info import format_info, model_info

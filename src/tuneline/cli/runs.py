@@ -12,7 +12,7 @@ from ..errors import UserError
 from .app import app
 
 
-@app.command()
+@app.command(epilog="Example:  tuneline evaluate runs/reviews --data other_test.jsonl --json")
 def evaluate(
     run: Path = typer.Argument(..., help="run folder"),
     data: Optional[Path] = typer.Option(None, "--data", help="rows to evaluate on (default: the run's test split)"),
@@ -29,7 +29,7 @@ def evaluate(
         print(metrics_table(result))
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  tuneline predict runs/reviews -t 'Arrived broken.' --json\n\n  tuneline predict runs/reviews -i reviews.txt")
 def predict(
     run: Path = typer.Argument(..., help="run folder"),
     text: List[str] = typer.Option([], "--text", "-t", help="input text (repeatable)"),

@@ -13,7 +13,7 @@ from ..errors import UserError
 from .app import app
 
 
-@app.command()
+@app.command(epilog="Example:  tuneline serve runs/reviews --port 8000   (then open http://127.0.0.1:8000/)")
 def serve(
     run: Path = typer.Argument(..., help="run folder (its registry's champion version is served)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs TUNELINE_API_KEY"),

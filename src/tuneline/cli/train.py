@@ -12,7 +12,7 @@ from ..errors import UserError
 from .app import app
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  tuneline train examples/reviews/recipe.yaml\n\n  tuneline train r.yaml --set method=lora --set train.lr=1e-3 -o runs/r-lora\n\n  tuneline train r.yaml --dry-run")
 def train(
     recipe: Path = typer.Argument(..., help="recipe YAML file"),
     set_: List[str] = typer.Option([], "--set", help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)"),
