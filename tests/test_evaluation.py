@@ -364,3 +364,18 @@ def test_compare_warns_when_runs_are_not_comparable():
     assert any("different tasks" in w for w in said) and any("data.test" in w for w in said)
     assert warnings([("recipe train.lr", ["5e-05", "0.0001"])]) == []
     assert [_setting(v) for v in (True, False, 5e-5, None)] == ["true", "false", "5e-05", "-"]
+
+
+
+def test_compare_marks_the_best_tuned_figure_and_charts_the_scores(tmp_path):
+    from tuneline.reporting.compare import best_cells, text_table, write_html
+
+    assert best_cells("test accuracy (tuned)", ["0.80", "0.84", "-"]) == {1}
+    assert best_cells("test loss (tuned)", ["0.52", "0.61"]) == {0}  # lower is better
+    assert best_cells("test accuracy (baseline)", ["0.4", "0.5"]) == set()  # only the tuned rows
+    assert best_cells("test accuracy (tuned)", ["0.8", "0.8"]) == set()  # a tie marks nothing
+    rows = [("test accuracy (tuned)", ["0.8000", "0.8400"]), ("test loss (tuned)", ["0.52", "0.61"])]
+    assert "0.8400 *" in text_table(["a", "b"], rows)
+    write_html(["a", "b"], rows, tmp_path / "c.html")
+    page = (tmp_path / "c.html").read_text()
+    assert "<td class='good'><b>0.8400</b></td>" in page and "alt='tuned scores by run'" in page

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 
 import yaml
 
-from .page import STYLE, read_json
+from . import plots
+from .page import NOT_A_SCORE, STYLE, img, read_json
+from ..evaluation.direction import lower_is_better
 from .tables import cell
 from ..errors import UserError
 from ..runs import RunDir, atomic_write_text
@@ -40,9 +43,13 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
         f"{100 * e['forgetting']['relative_change']:+.1f} %" if (e.get("forgetting") or {}).get("measured") else "-"
         for *_, e in runs]))
     rows.append(("status", [str(m.get("status")) for _, _, m, _ in runs]))
-    rows.append(("wall seconds", [cell(m.get("wall_seconds")) for _, _, m, _ in runs]))
-    rows.append(("trained tokens/s", [cell(m.get("tokens_per_second")) for _, _, m, _ in runs]))
+    rows.append(("wall seconds", [_rate(m.get("wall_seconds")) for _, _, m, _ in runs]))
+    rows.append(("trained tokens/s", [_rate(m.get("tokens_per_second")) for _, _, m, _ in runs]))
     return [str(run.path) for run, *_ in runs], rows
+
+
+def _rate(v) -> str:
+    return f"{v:,.1f}" if isinstance(v, (int, float)) else "-"
 
 
 def _setting(v) -> str:
@@ -65,7 +72,41 @@ def warnings(rows) -> list[str]:
     return out
 
 
+def best_cells(label: str, cells: list[str]) -> set[int]:
+    """Which runs hold the best tuned test figure of a row (none on other rows, or when all are equal)."""
+    m = re.fullmatch(r"test (\S+) \(tuned\)", label)
+    values = {i: float(c) for i, c in enumerate(cells) if _number(c)}
+    if not m or m.group(1) in NOT_A_SCORE or len(set(values.values())) < 2:
+        return set()
+    best = (min if lower_is_better(m.group(1)) else max)(values.values())
+    return {i for i, v in values.items() if v == best}
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _chart(names: list[str], rows) -> str:
+    """The tuned test scores on the 0-1 scale (accuracy, F1, ROUGE-L, exact match), one bar per run."""
+    picked = []
+    for label, cells in rows:
+        m = re.fullmatch(r"test (\S+) \(tuned\)", label)
+        if m and not lower_is_better(m.group(1)) and m.group(1) not in NOT_A_SCORE and all(_number(c) for c in cells) \
+                and all(0 <= float(c) <= 1 for c in cells):
+            picked.append((m.group(1), [float(c) for c in cells]))
+    if not picked:
+        return ""
+    series = {Path(n).name: [vals[i] for _, vals in picked] for i, n in enumerate(names)}
+    return img(plots.bars_plot([k for k, _ in picked], series, "score (0-1)", "Tuned test scores"), "tuned scores by run")
+
+
 def text_table(names: list[str], rows) -> str:
+    rows = [(label, [c + (" *" if i in best_cells(label, cells) else "") for i, c in enumerate(cells)])
+            for label, cells in rows]  # * marks the best tuned figure
     table = [("", *names)] + [(label, *cells) for label, cells in rows]
     w = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) for r in table)
@@ -81,6 +122,10 @@ def write_html(names: list[str], rows, out: Path) -> None:
              + "<table id='comparison'><tr><th></th>"
              + "".join(f"<th><a href='{e(link)}'>{e(n)}</a></th>" for n, link in zip(names, links)) + "</tr>"]
     for label, cells in rows:
-        parts.append(f"<tr><th>{e(label)}</th>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    parts.append("</table></body></html>")
+        best = best_cells(label, cells)
+        parts.append(f"<tr><th>{e(label)}</th>" + "".join(
+            f"<td class='good'><b>{e(c)}</b></td>" if i in best else f"<td>{e(c)}</td>" for i, c in enumerate(cells))
+            + "</tr>")
+    parts.append("</table><p class='muted'>Bold: the best tuned test figure of its row.</p>")
+    parts.append(_chart(names, rows) + "</body></html>")
     atomic_write_text(out, "\n".join(parts))
