@@ -52,6 +52,17 @@ class Rows:
         return Rows(path or self.path, [self.records[i] for i in idx], [self.lines[i] for i in idx], self.columns)
 
 
+def existing_file(value: str, base_dir: Path | None, key: str, advice: str) -> Path:
+    """A file a recipe key names, relative to the recipe's folder when it is there; else a UserError
+    with `advice` (what the key wants)."""
+    p = Path(value)
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p
+    if not p.is_file():
+        raise UserError(f"{key}: {value}: file not found; {advice}")
+    return p
+
+
 def resolve_data_path(value: str, base_dir: Path | None, key: str) -> Path:
     """Data paths in a recipe are relative to the recipe's folder, else to the working directory."""
     p = Path(value).expanduser()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..data.io import existing_file
 from ..errors import UserError
 
 # Built-in pairs: gendered words and common first names. "her" is ambiguous (his / him):
@@ -31,12 +32,8 @@ def load_pairs(spec: bool | str | None, base_dir: Path | None = None) -> tuple[l
     """Pairs from `eval.counterfactuals`: True = built-in; a path = one 'a,b' (or a<TAB>b) per line."""
     if spec is True or spec is None:
         return BUILTIN, "built-in (gendered terms, first names)"
-    path = Path(spec)
-    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
-        path = base_dir / path
-    if not path.is_file():
-        raise UserError(f"eval.counterfactuals: {spec}: file not found; give a file of pairs "
-                        f"(one 'term,swap' per line) or true for the built-in list")
+    path = existing_file(spec, base_dir, "eval.counterfactuals", "give a file of pairs (one 'term,swap' per line) "
+                         "or true for the built-in list")
     pairs = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.io import existing_file
 from ..errors import UserError
 
 DEFAULT_REFERENCE = "general_english.txt"
@@ -26,12 +27,8 @@ def reference_text(path: str | None, base_dir: Path | None = None) -> tuple[str,
     if path is None:
         text = resources.files("tuneline.resources").joinpath(DEFAULT_REFERENCE).read_text(encoding="utf-8")
         return text, f"tuneline:{DEFAULT_REFERENCE}"
-    p = Path(path)
-    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
-        p = base_dir / p
-    if not p.is_file():
-        raise UserError(f"eval.forgetting.reference: {path}: file not found; give a plain-text file of general "
-                        f"English, or leave the key out to use tuneline's own sample")
+    p = existing_file(path, base_dir, "eval.forgetting.reference", "give a plain-text file of general English, "
+                      "or leave the key out to use tuneline's own sample")
     try:
         return p.read_text(encoding="utf-8"), str(p)
     except UnicodeDecodeError as e:

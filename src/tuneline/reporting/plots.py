@@ -47,6 +47,17 @@ def _marks(ax, best_step: int | None, epochs: list[int]) -> None:
         ax.axvline(best_step, color="tab:red", lw=1.2, ls="--", label=f"kept model (step {best_step})")
 
 
+def _finish_curves(ax, fig, metrics: list[dict], best_step: int | None, title: str, ylabel: str) -> str:
+    """What every curve over optimizer steps has: epoch boundaries, the kept step, title, axes, legend."""
+    _marks(ax, best_step, epoch_steps(metrics))
+    ax.set_title(title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def loss_plot(metrics: list[dict], best_step: int | None = None) -> str | None:
     train = [(m["step"], m["loss"]) for m in metrics if m.get("type") == "train" and m.get("loss") is not None]
     val = [(m["step"], m["loss"]) for m in metrics if m.get("type") == "eval" and m.get("loss") is not None]
@@ -58,13 +69,7 @@ def loss_plot(metrics: list[dict], best_step: int | None = None) -> str | None:
         ax.plot(*zip(*train), label="train loss", lw=1.2, **_style(len(train)))
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5)
-    _marks(ax, best_step, epoch_steps(metrics))
-    ax.set_title("Loss: training (logged steps) and validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish_curves(ax, fig, metrics, best_step, "Loss: training (logged steps) and validation", "loss")
 
 
 def eval_curves_plot(metrics: list[dict], names: tuple[str, ...], best_step: int | None = None) -> str | None:
@@ -77,13 +82,7 @@ def eval_curves_plot(metrics: list[dict], names: tuple[str, ...], best_step: int
     for k in keys:
         pts = [(m["step"], m[k]) for m in evals if m.get(k) is not None]
         ax.plot(*zip(*pts), "o-", label=f"validation {k}")
-    _marks(ax, best_step, epoch_steps(metrics))
-    ax.set_title("Validation metrics (higher is better)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("score")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish_curves(ax, fig, metrics, best_step, "Validation metrics (higher is better)", "score")
 
 
 def lr_plot(metrics: list[dict]) -> str | None:
