@@ -7,6 +7,7 @@ import re
 
 import torch
 
+from ..recipe import eval_batch_size
 from .metrics import classification_metrics
 
 PROMPT = ("Classify the text into exactly one of these labels: {labels}.\n\n"
@@ -68,7 +69,7 @@ def zero_shot_baseline(texts: list[str], y_true: list[int], labels: list[str], i
     convs = [[{"role": "user", "content": PROMPT.format(labels=", ".join(labels), text=t)}] for t in texts[:n]]
     longest = max(len(l) for l in labels)
     opts = GenerateOptions(max_new_tokens=max(8, min(32, longest + 8)), temperature=0.0)
-    answers = generate(lm, tok, convs, opts, batch_size=recipe.eval.batch_size or 8,
+    answers = generate(lm, tok, convs, opts, batch_size=eval_batch_size(recipe),
                        max_length=recipe.train.max_length + 64)
     del lm
     parsed = [parse_label(a, labels) for a in answers]

@@ -287,7 +287,7 @@ class ClassifyTask(Task):
         sw = Swapper(pairs)
         hits = [(i, s) for i, p in enumerate(preds) if (s := sw.swap(p["text"])) is not None]
         after = self.predict(model, tokenizer, [s for _, s in hits], info.get("max_length", 512),
-                             recipe.eval.batch_size or 32) if hits else []
+                             eval_batch_size(recipe)) if hits else []
         before = [preds[i]["pred"] for i, _ in hits]
         return summarise(
             [preds[i]["text"] for i, _ in hits], [s for _, s in hits], before, [a["label"] for a in after],

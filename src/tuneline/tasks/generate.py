@@ -414,7 +414,7 @@ class GenerateTask(Task):
             if len(hits) >= recipe.eval.counterfactual_samples:
                 break
         after = self.generate(model, tokenizer, [c for _, c in hits], recipe.generate,
-                              batch_size=recipe.eval.batch_size or 8, max_length=recipe.train.max_length) if hits else []
+                              batch_size=eval_batch_size(recipe), max_length=recipe.train.max_length) if hits else []
         before = [preds[i]["tuned"] for i, _ in hits]
         return summarise(
             [preds[i]["prompt"] for i, _ in hits], [c[-1]["content"] for _, c in hits], before, after,
