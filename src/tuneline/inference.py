@@ -10,7 +10,7 @@ import torch
 from .data.io import read_rows, resolve_data_path
 from .errors import UserError
 from .runs import RunDir, inside
-from .tasks import get_task
+from .tasks import task_of
 
 
 class LoadedRun:
@@ -24,7 +24,7 @@ class LoadedRun:
                             f"finish it with `tuneline train RECIPE --resume`")
         self.info = json.loads(self.run.info_file.read_text())
         self.recipe = self.run.load_recipe()
-        self.task = get_task(self.info["task"])
+        self.task = task_of(self.info)
         self.labels = self.info.get("labels")
         self.model, self.tokenizer = self._load()
         self.model.eval()

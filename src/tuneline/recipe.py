@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 
 from .errors import UserError
 from .evaluation import direction
-from .tasks import TASKS
+from .tasks import OBJECTIVES, SFT, TASKS, objective_task
 from .training.methods import METHODS
 
 
@@ -30,8 +30,10 @@ class DataConfig(_Strict):
     test: Optional[str] = Field(None, description="split from train (stratified, seeded) when absent")
     text_column: Optional[str] = Field(None, description="input column; auto-detected when absent")
     label_column: Optional[str] = Field(None, description="label column (classify); auto-detected when absent")
-    format: Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt"] = Field(
-        "auto", description="row format for the generate task"
+    format: Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "pairs", "openai_preference",
+                    "judgements", "prompts"] = Field(
+        "auto", description="row format for the generate task: chats for sft; pairs (prompt/chosen/rejected) or "
+        "openai_preference for dpo/simpo/orpo; judgements (prompt/completion/label) for kto; prompts for grpo"
     )
     validation_size: float = Field(0.1, gt=0, lt=0.5, description="share of train held out when no validation file")
     test_size: float = Field(0.1, gt=0, lt=0.5, description="share of train held out when no test file")
@@ -146,6 +148,51 @@ class GenerateOptions(_Strict):
     repetition_penalty: float = Field(1.0, gt=0, description="above 1 makes tokens already in the text less likely")
     no_repeat_ngram_size: int = Field(0, ge=0, description="never repeat an n-gram of this many tokens (0 = off)")
     system_prompt: Optional[str] = None
+
+
+# -- objectives other than sft (task generate): the defaults of the papers and TRL -------------
+class DPOOptions(_Strict):
+    """Direct Preference Optimization (Rafailov et al. 2023); TRL DPOConfig's defaults."""
+    beta: float = Field(0.1, gt=0, description="how far the model may move from the reference: higher keeps it closer")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="sigmoid: the paper's; ipo: Azar et al. 2023 (squared, on mean log-probs); hinge: SLiC")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: the share of pairs assumed flipped")
+    precompute_reference: bool = Field(
+        True, description="reference log-probs computed once before training (one pass, no second model); "
+        "false: every step, through the base with the adapter off (adapters) or a frozen copy (full tuning)")
+
+
+class SimPOOptions(_Strict):
+    """SimPO (Meng et al. 2024): length-normalised log-probs, a target margin, no reference model."""
+    beta: float = Field(2.0, gt=0, description="reward scale (the paper: 2.0-2.5)")
+    gamma: float = Field(1.0, ge=0, description="target reward margin (the paper: gamma/beta about 0.5)")
+    sft_weight: float = Field(0.0, ge=0, description="add this times the chosen answers' NLL (CPO-SimPO); 0 = off")
+
+
+class ORPOOptions(_Strict):
+    """ORPO (Hong et al. 2024): NLL of the chosen answer plus an odds-ratio term; no reference model."""
+    beta: float = Field(0.1, gt=0, description="weight of the odds-ratio term (the paper's lambda; TRL: 0.1)")
+
+
+class KTOOptions(_Strict):
+    """KTO (Ethayarajh et al. 2024): unpaired desirable / undesirable answers; TRL KTOConfig's defaults."""
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0, description="raise it when desirable rows are the fewer "
+                                    "(the paper: keep weight x count within 1:1 to 4:3 of the other side)")
+    undesirable_weight: float = Field(1.0, gt=0)
+    precompute_reference: bool = Field(True, description="as dpo.precompute_reference")
+
+
+class GRPOOptions(_Strict):
+    """GRPO (Shao et al. 2024) with the current practice: no KL term by default (DAPO, Dr. GRPO), token-level
+    loss normalisation, one optimisation pass per batch of generations (TRL's num_iterations=1)."""
+    num_generations: int = Field(8, ge=2, description="answers sampled per prompt (the group)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the group's answers")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, ge=1, description="answer length cap while training")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="clip range of the probability ratio")
+    beta: float = Field(0.0, ge=0, description="KL penalty to the reference (0 = off, as DAPO / Dr. GRPO)")
+    scale_rewards: bool = Field(True, description="divide advantages by the group's reward spread (false: Dr. GRPO)")
 
 
 class ForgettingOptions(_Strict):
@@ -275,6 +322,19 @@ class MemoryOptions(_Strict):
         return self.micro_batch_tokens
 
 
+class _ObjectiveNames(dict):
+    """sft and the registered objectives, read when validating (plug-ins register late)."""
+
+    def __contains__(self, name) -> bool:
+        return name == SFT or name in OBJECTIVES
+
+    def __iter__(self):
+        return iter([SFT, *OBJECTIVES])
+
+
+OBJECTIVE_NAMES = _ObjectiveNames()
+
+
 def _registered(registry: dict) -> AfterValidator:
     """A name that must be a key of `registry`, read when validating (plug-ins register late)."""
     def check(name: str) -> str:
@@ -289,6 +349,9 @@ class Recipe(_Strict):
     task: Annotated[str, _registered(TASKS)]
     model: str = Field(description="catalog alias, local folder, hub id or .gguf file")
     method: Annotated[str, _registered(METHODS)] = "full"
+    objective: Annotated[str, _registered(OBJECTIVE_NAMES)] = Field(
+        "sft", description="how the model learns: sft (supervised), dpo, simpo, orpo (preference pairs), kto "
+        "(judged answers), grpo (rewards from graders)")
     data: DataConfig
     train: TrainConfig = TrainConfig()
     lora: LoraOptions = LoraOptions()
@@ -296,6 +359,14 @@ class Recipe(_Strict):
     ia3: IA3Options = IA3Options()
     prompt: PromptOptions = PromptOptions()
     generate: GenerateOptions = GenerateOptions()
+    dpo: DPOOptions = DPOOptions()
+    simpo: SimPOOptions = SimPOOptions()
+    orpo: ORPOOptions = ORPOOptions()
+    kto: KTOOptions = KTOOptions()
+    grpo: GRPOOptions = GRPOOptions()
+    rewards: Optional[list[dict]] = Field(
+        None, description="graders for grpo and the test evaluation, in OpenAI's grader shapes (string_check, "
+        "text_similarity, score_model, label_model, multi, python) or tuneline's (regex, json, number)")
     eval: EvalOptions = EvalOptions()
     trackers: TrackerOptions = TrackerOptions()
     drift: DriftOptions = DriftOptions()
@@ -305,10 +376,28 @@ class Recipe(_Strict):
     trust_remote_code: bool = False
     search: Optional[SearchConfig] = Field(None, description="hyperparameter search for tuneline tune")
 
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _graders(cls, v):
+        from .rewards import check_specs  # no torch: graders are checked by shape only
+
+        return None if v is None else check_specs(v)
+
     @model_validator(mode="after")
     def _default_lr(self) -> "Recipe":
         if self.train.lr is None:
             self.train.lr = METHODS[self.method].default_lr
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> "Recipe":
+        owner = objective_task(self.objective)
+        if owner is not None and owner != self.task:
+            raise ValueError(f"objective: {self.objective!r} trains task {owner!r}, not {self.task!r}")
+        if self.objective == "grpo" and not self.rewards:
+            raise ValueError("objective: grpo learns from graders: add a rewards: list (e.g. "
+                             "[{type: string_check, input: '{{sample.output_text}}', reference: '{{item.answer}}', "
+                             "operation: eq}])")
         return self
 
 

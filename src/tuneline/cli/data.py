@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
-from ..tasks import TASKS, get_task
+from ..tasks import OBJECTIVES, SFT, TASKS, get_task, objective_task
 from .app import data_app
 
 
@@ -20,6 +20,9 @@ def data_check(
     validation: Optional[Path] = typer.Option(None, "--validation", help="validation rows"),
     test: Optional[Path] = typer.Option(None, "--test", help="test rows"),
     task: Optional[str] = typer.Option(None, "--task", help=f"{' | '.join(TASKS)} (default: from the columns)"),
+    objective: str = typer.Option("sft", "--objective", metavar="NAME",
+                                  help=f"how the task learns: {' | '.join([SFT, *OBJECTIVES])}; checks its rows "
+                                  "(pairs for dpo/simpo/orpo, judgements for kto, prompts for grpo)"),
     model: Optional[str] = typer.Option(None, "--model", help="tokenizer for the too_long check (alias, folder, hub id)"),
     max_length: int = typer.Option(128, "--max-length", help="token limit for the too_long check"),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="the column with the input text "
@@ -38,7 +41,7 @@ def data_check(
         paths["validation"] = validation
     if test:
         paths["test"] = test
-    shape = _row_shape(task, train_file)
+    shape = _row_shape(task, objective, train_file)
     tokenizer = None
     if model:
         from ..models import load_tokenizer, resolve_model
@@ -60,12 +63,17 @@ def data_check(
         raise typer.Exit(2)
 
 
-def _row_shape(task: str | None, train_file: Path) -> str:
-    """What the audit checks the rows as: the task's data shape, else guessed from the columns."""
+def _row_shape(task: str | None, objective: str, train_file: Path) -> str:
+    """What the audit checks the rows as: the data shape of the task (learning by `objective`),
+    else guessed from the columns."""
+    if objective != SFT:
+        if objective not in OBJECTIVES:
+            raise UserError(f"--objective: {objective!r}; allowed: {', '.join([SFT, *OBJECTIVES])}")
+        task = task or objective_task(objective)
     if task is None:
         from ..data.audit import guess_shape
 
         return guess_shape(train_file)
     if task not in TASKS:
         raise UserError(f"--task: {task!r}; allowed: {', '.join(TASKS)}")
-    return get_task(task).data_shape
+    return get_task(task, objective).data_shape

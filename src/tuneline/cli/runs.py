@@ -161,13 +161,13 @@ def diagnose(
     """Read a run's curves: best step, overfitting (validation worse while training improves), no learning."""
     from ..training.diagnose import diagnose_run, format_findings
     from ..runs import RunDir
-    from ..tasks import get_task
+    from ..tasks import task_of
 
     rd = RunDir(run)
     if not rd.recipe.exists():
         raise UserError(f"{run}: not a run folder (recipe.yaml missing)")
     recipe = rd.load_recipe()
-    findings = diagnose_run(rd, recipe, get_task(recipe.task))
+    findings = diagnose_run(rd, recipe, task_of(recipe))
     diverged = rd.read_manifest().get("diverged")
     if diverged:
         findings.insert(0, {"check": "divergence", "severity": "error", "step": diverged["step"],

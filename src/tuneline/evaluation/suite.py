@@ -15,7 +15,7 @@ def evaluate_model(task, model, tokenizer, data, recipe, info: dict, device, bas
     scores = task.evaluate_test(model, tokenizer, data, recipe, info, device)
     preds = scores.pop("predictions")
     n = scores["tuned"].get("generated", len(data))
-    result = {"task": task.name, "labels": info.get("labels"), "n": n, "split": split, **scores}
+    result = {"task": task.name, "objective": task.objective, "labels": info.get("labels"), "n": n, "split": split, **scores}
     result["difference"] = difference(result["tuned"], result["baseline"], task.headline_metrics)
     result["verdict_metrics"] = task.verdict_metrics(recipe, data)
     task.evaluation_extras(result, preds, data, model, tokenizer, recipe, info, device, base_dir)

@@ -28,7 +28,7 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
             raise UserError(f"{p}: not a run folder (run.json missing)")
         recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.exists() else {}
         runs.append((run, flatten(recipe or {}), run.read_manifest(), read_json(run.eval_file, {})))
-    tasks = {m.get("task") for _, _, m, _ in runs}
+    tasks = {(m.get("task"), m.get("objective")) for _, _, m, _ in runs}
     rows: list[tuple[str, list[str]]] = []
     keys = sorted({k for _, r, _, _ in runs for k in r})
     for k in keys:
@@ -36,7 +36,7 @@ def comparison(paths: list[Path]) -> tuple[list[str], list[tuple[str, list[str]]
         if len({repr(v) for v in vals}) > 1:
             rows.append((f"recipe {k}", [_setting(v) for v in vals]))
     # each headline metric once, though runs of two tasks both have a loss
-    for k in dict.fromkeys(k for t in sorted(t for t in tasks if t) for k in get_task(t).headline_metrics):
+    for k in dict.fromkeys(k for t in sorted((t for t in tasks if t[0]), key=str) for k in get_task(*t).headline_metrics):
         rows.append((f"test {k} (tuned)", [cell(e.get("tuned", {}).get(k)) for *_, e in runs]))
         rows.append((f"test {k} (baseline)", [cell(e.get("baseline", {}).get(k)) for *_, e in runs]))
     rows.append(("forgetting (ppl change)", [

@@ -11,7 +11,7 @@ from .page import read_json
 from .tables import cell, headline_keys
 from ..models import hub_id
 from ..runs import RunDir, atomic_write_text
-from ..tasks import Task, get_task
+from ..tasks import Task, task_of
 
 
 def metric_table(result: dict) -> str:
@@ -118,8 +118,8 @@ def model_card(run: RunDir) -> str:
     manifest = run.read_manifest()
     info = read_json(run.info_file, {})
     result = read_json(run.eval_file)
-    name = manifest.get("task", info.get("task"))
-    task = get_task(name) if name else Task()
+    record = manifest if manifest.get("task") else info
+    task = task_of(record) if record.get("task") else Task()
     lines = _front_matter(run, task, manifest, info)
     lines += _training_lines(run, manifest)
     lines += _evaluation_lines(result)

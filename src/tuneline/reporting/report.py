@@ -14,12 +14,12 @@ from .sections import SECTIONS
 from .tables import cell, headline_keys
 from ..evaluation import verdict
 from ..runs import RunDir, atomic_write_text
-from ..tasks import Task, get_task
+from ..tasks import Task, task_of
 
 
 def headline(result: dict) -> str:
     """The verdict box: the verdict metrics (evaluation/verdict.py), tuned against the baseline."""
-    v = verdict.compare(result, get_task(result["task"]).key_metric)
+    v = verdict.compare(result, task_of(result).key_metric)
     if v is None:
         return ""
     base = result["baseline"].get("kind", "baseline").replace("_", " ")
@@ -253,7 +253,7 @@ def write_report(run: RunDir | str, extra_sections: tuple[str, ...] = ()) -> Non
         parts += metrics_section(result)
         parts += forgetting_section(result)
     # a run that failed before it wrote its task gets the sections every task has
-    task = get_task(manifest["task"]) if manifest.get("task") else Task()
+    task = task_of(manifest) if manifest.get("task") else Task()
     parts += curves_section(run, task, manifest.get("best_step"))
     parts += diagnostics_section(run)
     if result:

@@ -4,7 +4,7 @@ metrics it shows (the task's headline metrics) and how a value is written."""
 from __future__ import annotations
 
 from ..evaluation import verdict
-from ..tasks import get_task
+from ..tasks import task_of
 
 
 def cell(v) -> str:
@@ -19,7 +19,7 @@ def cell(v) -> str:
 def headline_keys(result: dict) -> list[str]:
     """The task's headline metrics that the eval.json object `result` holds, tuned or baseline."""
     tuned, base = result.get("tuned", {}), result.get("baseline", {})
-    return [k for k in get_task(result["task"]).headline_metrics if k in tuned or k in base]
+    return [k for k in task_of(result).headline_metrics if k in tuned or k in base]
 
 
 def metrics_table(result: dict) -> str:
@@ -33,7 +33,7 @@ def metrics_table(result: dict) -> str:
         lines.append("  " + "  ".join(c.ljust(w[j]) for j, c in enumerate(r)))
         if i == 0:
             lines.append("  " + "  ".join("-" * w[j] for j in range(3)))
-    v = verdict.compare(result, get_task(result["task"]).key_metric) if result.get("task") else None
+    v = verdict.compare(result, task_of(result).key_metric) if result.get("task") else None
     if v:
         lines.append(f"\nVerdict: the tuned model is {verdict.sentence(v, base_name)}.")
     per_class = tuned.get("per_class")

@@ -167,11 +167,11 @@ def _recipe(registry: Registry, overrides: list[str] | None):
     import yaml
 
     from ..recipe import apply_overrides
-    from ..tasks import get_task
+    from ..tasks import task_of
 
     path = RunDir(registry.root).recipe
     recipe = recipe_from_dict(apply_overrides(yaml.safe_load(path.read_text()), overrides or []), str(path))
-    return recipe, get_task(recipe.task)
+    return recipe, task_of(recipe)
 
 
 def _read_corrections(registry: Registry, db_url: str | None, task: Task, min_feedback: int) -> list[dict]:

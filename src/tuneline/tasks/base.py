@@ -7,6 +7,8 @@ methods below. A new task is one file with a `Task` subclass and one `register_t
 Attributes (class level; the defaults suit a task whose model is not a language model):
 
   name               the recipe's `task:` value and the name in run.json / eval.json
+  objective          how it learns (the recipe's `objective:`): "sft" for a task's own class; an
+                     objective's class (tasks.OBJECTIVES) subclasses its task's and names itself here
   options_section    recipe section with the task's own options (`generate:`), or None;
                      `options(recipe)` returns it and the run's tuneline.json keeps a copy
   model_class        Transformers auto class that loads the model and the trained model/
@@ -24,6 +26,8 @@ Attributes (class level; the defaults suit a task whose model is not a language 
   serves             what `tuneline serve` answers: "classify" and/or "chat" (chat + completions)
   export_formats     the `tuneline export --format` values that apply
   report_sections    names in reporting.sections.SECTIONS drawn in this task's report
+  loss_falls         the training loss is positive and falls as the model learns (the divergence
+                     guard watches it climb); False for a policy-gradient loss around zero
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 class Task:
     name: str = ""
+    objective: str = "sft"
     options_section: str | None = None
     model_class: str = ""
     peft_task_type: str = ""
@@ -45,6 +50,7 @@ class Task:
     serves: tuple[str, ...] = ()
     export_formats: tuple[str, ...] = ("hf",)
     report_sections: tuple[str, ...] = ()
+    loss_falls: bool = True
 
     # -- recipe -------------------------------------------------------------
     def options(self, recipe):
@@ -88,6 +94,16 @@ class Task:
 
     def loss(self, model, batch: dict):
         raise NotImplementedError
+
+    def before_training(self, trainer) -> None:
+        """Called once by the loop before its first step (a resumed run too, before the checkpoint
+        is loaded, so the model is still the untuned one), with the model on its device: e.g.
+        reference log-probs of a preference objective. `trainer.run_model(fn)` runs fn(model)."""
+
+    def train_stats(self) -> dict:
+        """Figures of the steps since the last call, averaged, for the training log line and
+        metrics.jsonl (e.g. a reward objective's mean reward); {} for none."""
+        return {}
 
     # -- evaluation -----------------------------------------------------------
     def evaluate(self, model, data, labels, pad_id: int, batch_size: int, device) -> dict:

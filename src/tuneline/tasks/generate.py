@@ -106,6 +106,13 @@ def encode_row(tokenizer, msgs: list[dict], options, max_length: int) -> tuple[l
     return ids, labs, status
 
 
+def collate_chat(data: ChatEncoded, idx: list[int], pad_id: int) -> dict:
+    """Rows of a chat split, right-padded; labels IGNORE outside the answers."""
+    ids, mask = pad_batch([data.input_ids[i] for i in idx], pad_id)
+    labels, _ = pad_batch([data.labels[i] for i in idx], IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 # Architectures whose causal-LM forward is exactly lm_head(decoder(x)) (no logit scaling or capping).
 PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 
@@ -256,9 +263,7 @@ class GenerateTask(Task):
 
     # -- batches ----------------------------------------------------------
     def collate(self, data: ChatEncoded, idx: list[int], pad_id: int) -> dict:
-        ids, mask = pad_batch([data.input_ids[i] for i in idx], pad_id)
-        labels, _ = pad_batch([data.labels[i] for i in idx], IGNORE)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return collate_chat(data, idx, pad_id)
 
     def loss_items(self, batch: dict) -> int:
         """How many terms the mean loss of `batch` averages: its answer tokens (after the shift)."""
@@ -285,7 +290,7 @@ class GenerateTask(Task):
         model.eval()
         total, count = 0.0, 0
         for idx in sorted_batches(data.lengths, batch_size):
-            b = {k: v.to(device) for k, v in self.collate(data, idx, pad_id).items()}
+            b = {k: v.to(device) for k, v in collate_chat(data, idx, pad_id).items()}
             shift_labels = b["labels"][:, 1:]
             keep = shift_labels != IGNORE
             parts = _body_and_head(model)

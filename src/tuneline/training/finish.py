@@ -37,6 +37,7 @@ def run_info(recipe, task, source, prepared, merged: bool) -> dict:
     return {
         "format": 1,
         "task": recipe.task,
+        "objective": recipe.objective,
         "method": recipe.method,
         "labels": None,  # a task with labels fills these two (task.run_info)
         "majority_label": None,

@@ -22,8 +22,11 @@ EMA_BETA = 0.9
 
 
 class DivergenceGuard:
-    def __init__(self, cfg, run: RunDir, lr: float, max_grad_norm: float | None):
+    def __init__(self, cfg, run: RunDir, lr: float, max_grad_norm: float | None, loss_falls: bool = True):
+        """loss_falls: the task's training loss is positive and falls as it learns (task.loss_falls);
+        otherwise (a policy-gradient loss around zero) only non-finite figures are failures."""
         self.cfg, self.run, self.lr, self.max_grad_norm = cfg, run, lr, max_grad_norm
+        self.loss_falls = loss_falls
 
     @property
     def watches_gradients(self) -> bool:
@@ -42,7 +45,7 @@ class DivergenceGuard:
 
     def observe(self, step_loss: float, step: int, state: dict) -> None:
         """After the step: the smoothed loss against its running minimum and the starting loss."""
-        if not self.cfg.enabled:
+        if not (self.cfg.enabled and self.loss_falls):
             return
         g = state.setdefault("guard", {"ema": None, "min_ema": None, "start": None, "steps": 0})
         g["steps"] += 1

@@ -93,10 +93,13 @@ class _Progress:
                         dynamic_ncols=True)
         self.initial, self.started = initial, time.monotonic()
 
-    def train_line(self, rec: dict, total: int) -> None:
-        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=rec["tokens_per_s"])
+    def train_line(self, rec: dict, total: int, extra: dict) -> None:
+        """extra: the task's own figures of the window (a reward objective's mean reward...)."""
+        shown = {k: f"{v:.3g}" for k, v in extra.items() if isinstance(v, float)}
+        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=rec["tokens_per_s"], **shown)
         if not self.tty:  # a log file or CI: what tqdm's bar would show, as a line
-            print(f"step {rec['step']}/{total} epoch {rec['epoch']:.2f} loss {rec['loss']:.4f} "
+            more = "".join(f" {k} {v}" for k, v in shown.items())
+            print(f"step {rec['step']}/{total} epoch {rec['epoch']:.2f} loss {rec['loss']:.4f}{more} "
                   f"lr {rec['lr']:.2e} {rec['tokens_per_s']} tok/s{self._eta(rec['step'], total)}", flush=True)
 
     def _eta(self, step: int, total: int) -> str:
@@ -123,6 +126,7 @@ class Trainer:
         self.callbacks = list(ctx.callbacks)
         self.model, self.task, self.recipe, self.run = model, ctx.task, ctx.recipe, ctx.run
         self.train_data, self.val_data, self.labels = ctx.prepared.train, ctx.prepared.validation, ctx.prepared.labels
+        self.tokenizer = ctx.tokenizer
         self.pad_id = ctx.tokenizer.pad_token_id
         self.acc = accelerator
         self.tc = ctx.recipe.train
@@ -140,7 +144,8 @@ class Trainer:
             self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.eval_batch = eval_batch_size(self.recipe)
         self.budget = self.recipe.memory.token_budget(self.acc.device.type)
-        self.guard = DivergenceGuard(self.tc.divergence, self.run, self.tc.lr, self.tc.max_grad_norm)
+        self.guard = DivergenceGuard(self.tc.divergence, self.run, self.tc.lr, self.tc.max_grad_norm,
+                                     self.task.loss_falls)
 
     def _place_model(self) -> None:
         """Training-only model changes, then the model sharded or moved to this process's device."""
@@ -173,12 +178,12 @@ class Trainer:
             out += [(out[0][0], 0.0)] * (distributed.all_max(len(out)) - len(out))
         return out
 
-    def _run(self, fn):
+    def run_model(self, fn):
         """fn(model), through the FSDP root when sharded (its hooks gather the weights)."""
         return self.root(fn) if self.root is not None else fn(self.model)
 
     def evaluate(self) -> dict:
-        return self._run(lambda m: self.task.evaluate(m, self.val_data, self.labels, self.pad_id, self.eval_batch,
+        return self.run_model(lambda m: self.task.evaluate(m, self.val_data, self.labels, self.pad_id, self.eval_batch,
                                                       self.acc.device))
 
     def _save_weights(self, folder) -> None:
@@ -198,6 +203,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------
     def run_loop(self, resume: bool = False) -> dict:
         """Trains to plan.total_steps (or early stopping) and returns the loop state."""
+        self.task.before_training(self)  # before a checkpoint is loaded: the model is still the untuned one
         state = self._start_state(resume)
         self._progress = _Progress(self.plan.total_steps, state["step"])
         self.model.train()
@@ -288,7 +294,7 @@ class Trainer:
         for batch, share in self._pieces(rows, self.train_data.lengths):
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
             with self.acc.autocast():
-                loss = self._run(lambda m: self.task.loss(m, batch)) * (weight * share)
+                loss = self.run_model(lambda m: self.task.loss(m, batch)) * (weight * share)
             self.guard.check_loss(loss.item() / share if share else 0.0, state["step"] + 1, state)
             self.acc.backward(loss / accum)
             batch_loss += loss.item() / accum
@@ -326,11 +332,13 @@ class Trainer:
                "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": round(w.tokens / dt, 1) if dt > 0 else None}
         if grad_norm is not None:
             rec["grad_norm"] = round(grad_norm, 6)
+        extra = self.task.train_stats()
+        rec.update(extra)
         if self.main:
             self.run.log_metrics(rec)
             for cb in self.callbacks:
                 cb.on_log(self, rec)
-        self._progress.train_line(rec, self.plan.total_steps)
+        self._progress.train_line(rec, self.plan.total_steps, extra)
         self._window = _LogWindow()
 
     def _evaluate_and_keep_best(self, state: dict) -> bool:

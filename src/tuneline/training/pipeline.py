@@ -21,7 +21,7 @@ from .methods import apply_method, count_parameters
 from ..models import resolve_model, load_tokenizer
 from ..recipe import Recipe, apply_overrides, load_recipe, recipe_diff, recipe_from_dict, recipe_to_yaml
 from ..runs import RunDir, RunResult, atomic_write_json, atomic_write_text, package_versions
-from ..tasks import get_task
+from ..tasks import task_of
 from .context import RunContext
 from .finish import finish_run
 from .loop import Trainer
@@ -184,7 +184,7 @@ def _set_up(recipe: Recipe, base_dir: Path | None) -> tuple:
     """Checks what the recipe names before any data is read; returns (task, model source,
     tokenizer, precision)."""
     _resolve_eval_files(recipe, base_dir)
-    task = get_task(recipe.task)
+    task = task_of(recipe)
     if recipe.train.early_stopping and recipe.train.early_stopping.metric not in task.metric_names:
         raise UserError(f"train.early_stopping.metric: {recipe.train.early_stopping.metric!r} is not a "
                         f"{recipe.task} metric; allowed: {', '.join(task.metric_names)}")
@@ -247,7 +247,7 @@ def _open_run_folder(ctx: RunContext, overwrite: bool, splits: Splits, hashes: d
         for split_name in splits.held_out:
             write_jsonl(run.splits / f"{split_name}.jsonl", getattr(splits, split_name).records)
     run.update_manifest(nproc=distributed.world()[1],
-        status="running", task=recipe.task, method=recipe.method, model=recipe.model,
+        status="running", task=recipe.task, objective=recipe.objective, method=recipe.method, model=recipe.model,
         model_path=ctx.source.path, precision=ctx.precision, started=ctx.started, data=hashes,
         held_out={k: f"data/{k}.jsonl" for k in splits.held_out},  # relative to the run folder
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},

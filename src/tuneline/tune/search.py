@@ -43,8 +43,8 @@ def make_settings(recipe_path: Path, overrides: list[str], trials: int | None, n
     build_space(recipe)  # every key and bound checked before anything is written
     search = recipe.search
     metric = search.metric or (recipe.train.early_stopping.metric if recipe.train.early_stopping
-                               else _default_metric(recipe.task))
-    require_metric(metric, recipe.task)
+                               else _default_metric(recipe))
+    require_metric(metric, recipe)
     direction = search.direction or ("minimize" if lower_is_better(metric) else "maximize")
     if nproc < 1:
         raise UserError("--nproc: give 1 or more processes")
@@ -54,10 +54,10 @@ def make_settings(recipe_path: Path, overrides: list[str], trials: int | None, n
                     trials=trials or search.trials, nproc=nproc, threads=threads, force=force)
 
 
-def _default_metric(task: str) -> str:
-    from ..tasks import get_task
+def _default_metric(recipe) -> str:
+    from ..tasks import task_of
 
-    return get_task(task).default_metric
+    return task_of(recipe).default_metric
 
 
 def dry_run(s: Settings, budget_seconds: float | None) -> str:

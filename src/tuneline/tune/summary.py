@@ -134,10 +134,11 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def require_metric(metric: str, task_name: str) -> None:
-    from ..tasks import get_task
+def require_metric(metric: str, recipe) -> None:
+    from ..tasks import task_of
 
-    names = get_task(task_name).metric_names
+    names = task_of(recipe).metric_names
+    task_name = recipe.task
     if metric not in names:
         raise UserError(f"search.metric: {metric!r} is not a validation metric of task {task_name}; "
                         f"allowed: {', '.join(names)}")

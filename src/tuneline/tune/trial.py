@@ -77,10 +77,10 @@ class Outcome:
 def _train_rows(recipe_json: str, base_dir: str) -> int:
     """Rows left for training after the held-out splits (read once per process and data config)."""
     from ..training.pipeline import load_splits
-    from ..tasks import get_task
+    from ..tasks import task_of
 
     recipe = recipe_from_dict(json.loads(recipe_json))
-    splits, _ = load_splits(recipe, Path(base_dir), get_task(recipe.task))
+    splits, _ = load_splits(recipe, Path(base_dir), task_of(recipe))
     return len(splits.train)
 
 

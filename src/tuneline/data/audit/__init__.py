@@ -3,7 +3,10 @@
 Each finding has a stable check name, a severity (error | warning | info), a count and
 examples with file and line. Checks: invalid_rows, empty_text, encoding, format (chat rows,
 incl. template overflow), duplicates, near_duplicates, conflicting_labels, leakage, imbalance,
-too_long, pii, label_noise. Files are streamed: memory holds a compact state per row
+too_long, pii, label_noise; for preference rows (data/preference.py) empty_prompt, and pairs:
+empty_side, identical_pair, contradicting_pairs; judgements: empty_side,
+contradicting_judgements, label_balance; prompts: duplicate_prompts. Leakage of preference rows
+is the same prompt in train and a held-out split. Files are streamed: memory holds a compact state per row
 (index.py), not the rows. The audit checks row shapes (items.py), not tasks: a task names its
 shape in `Task.data_shape`.
 """

@@ -17,13 +17,15 @@ import numpy as np
 from ..io import Rows, no_rows
 from . import index as ix
 from .findings import Finding, Findings
-from .items import CHAT, INVALID, LABELLED_TEXT, SHAPES, Item, make_reader, normalise
+from .items import (CHAT, INVALID, JUDGEMENTS, LABELLED_TEXT, PAIRS, PREFERENCE_SHAPES, PROMPTS, SHAPES, Item,
+                    make_reader, normalise)
 from .label_noise import Reservoir, check_label_noise
 from . import near
 from .row_checks import PiiCheck, check_encoding, length_check
 from .source import Source
 
 CHAT_SIGNS = {"messages", "conversations", "completion", "output"}  # columns only chat rows have
+PAIR_SIGNS = {"chosen", "rejected", "preferred_output", "non_preferred_output"}  # columns only pairs have
 
 
 @dataclass
@@ -42,8 +44,15 @@ class AuditResult:
 
 
 def guess_shape(path: str | Path) -> str:
-    """chat if the first rows look like chats, else labelled_text."""
-    cols = set(Source("train", path).head.columns)
+    """pairs or judgements if the first rows hold preferences, chat if they look like chats, else
+    labelled_text (GRPO prompts look like chats: name the task to audit them as prompts)."""
+    head = Source("train", path).head
+    cols = set(head.columns)
+    if cols & PAIR_SIGNS:
+        return PAIRS
+    if {"prompt", "completion", "label"} <= cols and all(isinstance(r["label"], bool) for r in head.records
+                                                         if "label" in r):
+        return JUDGEMENTS
     return CHAT if cols & CHAT_SIGNS else LABELLED_TEXT
 
 
@@ -51,7 +60,9 @@ def audit(splits: dict[str, Rows | str | Path | None], shape: str, *, text_colum
           label_column: str | None = None, fmt: str = "auto", tokenizer=None, max_length: int | None = None,
           label_noise: bool = True, system_prompt: str | None = None, truncation: str = "middle") -> AuditResult:
     """Audit the splits (train first): each a path (JSONL is streamed) or rows already read.
-    `shape` is what the rows hold (a task's `data_shape`): "labelled_text" or "chat"."""
+    `shape` is what the rows hold (a task's `data_shape`): "labelled_text", "chat", or a preference
+    shape: "pairs", "judgements", "prompts" (`fmt` then: auto or one of data/preference.py's formats;
+    `system_prompt` is added to prompts without one, as training does; the columns are not used)."""
     if shape not in SHAPES:
         raise ValueError(f"the data audit checks rows of shape {', '.join(SHAPES)}, not {shape!r}")
     out = Findings()
@@ -125,16 +136,25 @@ class _FirstPass:
 def _check_across_rows(scan: _FirstPass) -> None:
     """The checks that compare rows, on the compact index; repeats and leaked train rows are dropped by --fix."""
     cols, out = scan.index.arrays(), scan.out
-    repeats = ix.check_duplicates(cols, out)
-    ix.check_conflicts(cols, out)
-    leaked = ix.check_exact_leakage(cols, out)
+    preference = scan.shape in PREFERENCE_SHAPES
+    if scan.shape == PAIRS:
+        for k in ix.check_identical_pairs(cols, out):
+            scan.drop_reasons[cols.where(k)] = "identical_pair"
+        ix.check_contradicting_pairs(cols, out)
+    elif scan.shape == JUDGEMENTS:
+        ix.check_contradicting_judgements(cols, out)
+        ix.check_label_balance(cols, out)
+    repeats = ix.check_duplicates(cols, out, prompts_only=scan.shape == PROMPTS)
+    if not preference:  # one prompt with several answers is what preference data holds
+        ix.check_conflicts(cols, out)
+    leaked = ix.check_exact_leakage(cols, out, all_copies=preference)  # leakage: the same prompt
     ix.report_near(cols, _verify(ix.near_candidates(cols), scan.readers), out)
     if scan.index.labelled:
         ix.check_imbalance(cols, out)
     if scan.sample is not None:
         check_label_noise(scan.sample, out)
     for k in repeats:
-        scan.drop_reasons[cols.where(k)] = "duplicates"
+        scan.drop_reasons[cols.where(k)] = "duplicate_prompts" if scan.shape == PROMPTS else "duplicates"
     for j in leaked:
         scan.drop_reasons[cols.where(j)] = "leakage"
 

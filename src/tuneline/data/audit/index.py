@@ -1,8 +1,11 @@
 """The compact per-row state of the audit and the checks that compare rows with each other.
 
 Per usable row: source (split and file), line, 64-bit hashes of the normalised input and target,
-a label id (labelled text) and the LSH band keys: about 105 bytes, whatever the length of the text. The checks
-here (duplicates, conflicting labels, leakage, near duplicates, imbalance) run on these arrays.
+a label id (labelled text), a third 64-bit value (`alt`: a pair's rejected answer hashed, a
+judgement's label 0/1, else 0) and the LSH band keys: about 113 bytes, whatever the length of the
+text. The checks here (duplicates, conflicting labels, leakage, near duplicates, imbalance; for
+preference rows identical and contradicting pairs, contradicting judgements, label balance) run
+on these arrays.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from .findings import Findings
 from .items import Item, normalise
 
 _MASK = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: combines hashes in order
 LEAKAGE = ("leakage", "warning", "evaluation rows whose input also appears in train, exactly or nearly (edit similarity "
            f">= {near.THRESHOLD}): test scores will be too good")
 
@@ -33,6 +37,7 @@ class RowIndex:
         self._label_ids: dict[str, int] = {}
         self._src, self._line = array("B"), array("I")
         self._inp, self._tgt, self._lab = array("Q"), array("Q"), array("i")
+        self._alt = array("Q")
         self._keys = array("I")
         self.signer = near.Signer() if near_duplicates else None
 
@@ -43,8 +48,12 @@ class RowIndex:
     def add(self, code: int, it: Item) -> None:
         self._src.append(code)
         self._line.append(it.line)
-        self._inp.append(text_hash(it.input))
+        inp = text_hash(it.input)
+        if it.context:  # a prompt's system text tells prompts apart, but stays out of the near-duplicate text
+            inp = (text_hash(it.context) * _MIX + inp) & _MASK
+        self._inp.append(inp)
         self._tgt.append(text_hash(it.target))
+        self._alt.append(int(it.label) if it.label is not None else text_hash(it.other) if it.other is not None else 0)
         if self.labelled:
             lab = self._label_ids.setdefault(it.target, len(self._label_ids))
             if lab == len(self.labels):
@@ -72,6 +81,7 @@ class Columns:
         self.inp = np.frombuffer(ix._inp, dtype=np.uint64) if len(ix) else np.zeros(0, np.uint64)
         self.tgt = np.frombuffer(ix._tgt, dtype=np.uint64) if len(ix) else np.zeros(0, np.uint64)
         self.lab = np.frombuffer(ix._lab, dtype=np.int32) if len(ix) else np.zeros(0, np.int32)
+        self.alt = np.frombuffer(ix._alt, dtype=np.uint64) if len(ix) else np.zeros(0, np.uint64)
         train_codes = [c for c, (split, _) in enumerate(ix.sources) if split == "train"]
         self.is_train = np.isin(self.src, train_codes)
         self.split_of = np.array([hash(split) & _MASK for split, _ in ix.sources] or [0], dtype=np.uint64)
@@ -98,11 +108,17 @@ def _first_of_group(*keys: np.ndarray) -> np.ndarray:
     return first
 
 
-def check_duplicates(c: Columns, out: Findings) -> list[int]:
-    """Exact duplicates (input and target, normalised) within each split. Returns the repeats."""
-    first = _first_of_group(c.src.astype(np.uint64), c.inp, c.tgt)
+def check_duplicates(c: Columns, out: Findings, prompts_only: bool = False) -> list[int]:
+    """Exact duplicates (input, target and alt, normalised) within each split; with `prompts_only`
+    (GRPO prompts) the same prompt twice, whatever else the rows hold. Returns the repeats."""
+    if prompts_only:
+        first = _first_of_group(c.src.astype(np.uint64), c.inp)
+        f = out.get("duplicate_prompts", "warning", "the same prompt more than once in a split (after normalising "
+                    "case, whitespace and punctuation): it is sampled and rewarded that many times more often")
+    else:
+        first = _first_of_group(c.src.astype(np.uint64), c.inp, c.tgt, c.alt)
+        f = out.get("duplicates", "warning", "exact duplicates after normalising case, whitespace and punctuation")
     repeats = np.flatnonzero(first != np.arange(len(first)))
-    f = out.get("duplicates", "warning", "exact duplicates after normalising case, whitespace and punctuation")
     for k in repeats:
         f.add(*c.where(k), duplicate_of=int(c.line[first[k]]))
     return [int(k) for k in repeats]
@@ -126,8 +142,9 @@ def check_conflicts(c: Columns, out: Findings) -> None:
         f.add(*c.where(g[0]), lines=[int(c.line[k]) for k in g][:10], labels=labels)
 
 
-def check_exact_leakage(c: Columns, out: Findings) -> list[int]:
-    """Evaluation rows whose input is exactly a train row's. Returns the train rows (first copies)."""
+def check_exact_leakage(c: Columns, out: Findings, all_copies: bool = False) -> list[int]:
+    """Evaluation rows whose input is exactly a train row's. Returns the train rows: the first copies,
+    or with `all_copies` every train row with a leaked input (preference rows: one prompt, many rows)."""
     train = np.flatnonzero(c.is_train)
     evals = np.flatnonzero(~c.is_train)
     if not len(train) or not len(evals):
@@ -140,6 +157,8 @@ def check_exact_leakage(c: Columns, out: Findings) -> list[int]:
     for k, j in zip(evals[hit], train[first[pos[hit]]]):
         f.add(*c.where(k), train_line=int(c.line[j]), kind="exact")
         leaked.append(int(j))
+    if all_copies and leaked:
+        leaked = np.flatnonzero(c.is_train & np.isin(c.inp, c.inp[evals[hit]])).tolist()
     return sorted(set(leaked))
 
 
@@ -200,3 +219,110 @@ def check_imbalance(c: Columns, out: Findings) -> None:
     for k in np.flatnonzero(~c.is_train & ~seen[c.lab]):
         out.get("imbalance", "error", "labels in validation/test that never occur in train").add(
             *c.where(k), label=c.ix.labels[c.lab[k]])
+
+
+# -- preference rows ------------------------------------------------------------------
+
+def _combine(*cols: np.ndarray) -> np.ndarray:
+    """One 64-bit key per row from several hash columns, in order (wrapping arithmetic)."""
+    h = np.zeros(len(cols[0]), dtype=np.uint64)
+    for col in cols:
+        h = h * np.uint64(_MIX) + col.astype(np.uint64)
+    return h
+
+
+def check_identical_pairs(c: Columns, out: Findings) -> list[int]:
+    """Pairs whose chosen and rejected answers are equal after normalising: they teach nothing. An
+    error where they are most of a split's pairs (the pairs were built wrongly). Returns the rows."""
+    same = c.tgt == c.alt
+    for code, (split, file) in enumerate(c.ix.sources):
+        rows = np.flatnonzero((c.src == code) & same)
+        total = int((c.src == code).sum())
+        if not len(rows):
+            continue
+        if 2 * len(rows) > total:
+            f = out.get("identical_pair", "error", "most pairs of a split have the same chosen and rejected answer "
+                        "(after normalising case, whitespace and punctuation): the data teaches nothing; check how "
+                        "the pairs were built")
+        else:
+            f = out.get("identical_pair", "warning", "pairs whose chosen and rejected answers are the same after "
+                        "normalising case, whitespace and punctuation: they teach nothing")
+        for k in rows:
+            f.add(*c.where(k), split=split, identical_in_split=f"{len(rows)} of {total}")
+    return np.flatnonzero(same).tolist()
+
+
+def check_contradicting_pairs(c: Columns, out: Findings) -> None:
+    """The same prompt with chosen and rejected swapped in another row of the split: the two rows
+    cancel out. Reported at the later row, naming the earlier one."""
+    if not len(c.line):
+        return
+    forward = _combine(c.src, c.inp, c.tgt, c.alt)
+    swapped = _combine(c.src, c.inp, c.alt, c.tgt)
+    order = np.argsort(forward, kind="stable")  # equal keys in row order: searchsorted finds the first
+    keys = forward[order]
+    pos = np.clip(np.searchsorted(keys, swapped), 0, len(keys) - 1)
+    hit = (keys[pos] == swapped) & (c.tgt != c.alt)  # an identical pair is its own swap: identical_pair's
+    f = out.get("contradicting_pairs", "warning", "the same prompt with chosen and rejected swapped in another row "
+                "of the split: the two rows cancel out; keep the right one")
+    for k in np.flatnonzero(hit):
+        j = int(order[pos[k]])
+        if j < k:
+            f.add(*c.where(k), contradicts_line=int(c.line[j]))
+
+
+def check_contradicting_judgements(c: Columns, out: Findings) -> None:
+    """The same prompt and completion labelled both true and false within a split."""
+    n = len(c.line)
+    if not n:
+        return
+    first = _first_of_group(c.src.astype(np.uint64), c.inp, c.tgt)
+    lab = c.alt.astype(np.int64)
+    lo, hi = np.full(n, 2, np.int64), np.full(n, -1, np.int64)
+    np.minimum.at(lo, first, lab)
+    np.maximum.at(hi, first, lab)
+    rows = np.flatnonzero((lo[first] == 0) & (hi[first] == 1))
+    if not len(rows):
+        return
+    rows = rows[np.argsort(first[rows], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, first[rows][1:] != first[rows][:-1]])
+    f = out.get("contradicting_judgements", "warning", "the same prompt and completion labelled both desirable "
+                "(true) and undesirable (false): the labels cancel out; keep the right one")
+    for s, e in zip(starts, np.r_[starts[1:], len(rows)]):
+        g = rows[s:e]
+        f.add(*c.where(g[0]), desirable_lines=[int(c.line[k]) for k in g if lab[k] == 1][:5],
+              undesirable_lines=[int(c.line[k]) for k in g if lab[k] == 0][:5])
+
+
+KTO_RATIO = 10  # beyond 1:10 desirable : undesirable (either way) a warning
+
+
+def check_label_balance(c: Columns, out: Findings) -> None:
+    """KTO learns from desirable and undesirable answers: train with one label only is an error (a
+    held-out split with one label a warning: its measures see one side), beyond 1:KTO_RATIO a warning."""
+    for code, (split, file) in enumerate(c.ix.sources):
+        labels = c.alt[c.src == code]
+        good, bad = int((labels == 1).sum()), int((labels == 0).sum())
+        if not good + bad:
+            continue
+        counts = {"split": split, "desirable": good, "undesirable": bad}
+        if not good or not bad:
+            only = "desirable (true)" if good else "undesirable (false)"
+            if split == "train":
+                out.get("label_balance", "error", f"train holds only {only} judgements; KTO learns from the contrast "
+                        "and needs both: add rows labelled " + ("false" if good else "true")).add(file, None, **counts)
+            else:
+                out.get("label_balance", "warning", "a held-out split holds judgements of one label only: its "
+                        "KTO measures see one side").add(file, None, **counts)
+            continue
+        ratio = max(good, bad) / min(good, bad)
+        if split == "train" and ratio > KTO_RATIO:
+            rare = "desirable" if good < bad else "undesirable"
+            out.get("label_balance", "warning", f"desirable : undesirable judgements in train beyond 1:{KTO_RATIO}; "
+                    "KTO's desirable_weight / undesirable_weight can compensate (weight x count of each side about "
+                    "even, the desirable side 1 to 4/3 times the other)").add(
+                file, None, **counts, ratio=round(ratio, 2),
+                suggest=f"{rare}_weight: {round(max(good, bad) / min(good, bad), 2)} (the other 1.0)")
+        elif split == "train":
+            out.get("label_balance", "info", "desirable : undesirable judgements in train").add(
+                file, None, **counts, ratio=round(ratio, 2))

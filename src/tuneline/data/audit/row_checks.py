@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import re
 
-from ..chat import encode_conversation, ensure_chat_template
+from ..chat import encode_conversation, ensure_chat_template, render_chat
 from .findings import Findings
-from .items import LABELLED_TEXT, Item
+from .items import LABELLED_TEXT, PROMPTS, Item
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 ENCODING_WARNING = ("encoding", "warning", "control characters, or mojibake (text decoded with the wrong charset)")
 
 
+def _row_text(it: Item) -> str:
+    """What the row-level checks read: input and target, and a pair's rejected answer."""
+    return f"{it.input}\n{it.target}" + (f"\n{it.other}" if it.other is not None else "")
+
+
 def check_encoding(it: Item, out: Findings) -> None:
     import ftfy
 
-    text = f"{it.input}\n{it.target}"
+    text = _row_text(it)
     if CONTROL.search(text):
         out.get(*ENCODING_WARNING).add(it.file, it.line, reason="control character")
     elif ftfy.is_bad(text):
@@ -101,7 +106,7 @@ class PiiCheck:
         self.hits: list[tuple[str, int, list[tuple[str, int, str]]]] = []  # (file, line, [(kind, hash, masked)])
 
     def add(self, it: Item) -> None:
-        found = {(kind, hash(v), mask(v)) for kind, v in find_pii(f"{it.input}\n{it.target}")}
+        found = {(kind, hash(v), mask(v)) for kind, v in find_pii(_row_text(it))}
         for _, h, _ in found:
             self.rows_with[h] = self.rows_with.get(h, 0) + 1
         if found:
@@ -125,9 +130,14 @@ class PiiCheck:
 
 def length_check(shape: str, tokenizer, max_length: int, out: Findings, truncation: str = "middle"):
     """too_long (and template overflow for chats): rows over max_length tokens with this tokenizer;
-    `truncation`: how training cuts a too-long chat (middle, left or drop), so the finding says what goes."""
-    return TextLengthCheck(tokenizer, max_length, out) if shape == LABELLED_TEXT else ChatLengthCheck(
-        tokenizer, max_length, out, truncation)
+    `truncation`: how training cuts a too-long chat (middle, left or drop), so the finding says what goes.
+    Chats, pairs (the prompt and the longer answer) and judgements are measured as conversations;
+    GRPO prompts with the generation prompt."""
+    if shape == LABELLED_TEXT:
+        return TextLengthCheck(tokenizer, max_length, out)
+    if shape == PROMPTS:
+        return PromptLengthCheck(tokenizer, max_length, out)
+    return ChatLengthCheck(tokenizer, max_length, out, truncation)
 
 
 class TextLengthCheck:
@@ -170,7 +180,10 @@ class ChatLengthCheck:
 
     def add(self, it: Item) -> None:
         n = self.max_length
-        ids, _, last = encode_conversation(self.tok, it.messages, "all_assistant")
+        msgs = it.messages
+        if it.other is not None and self._longer(it.other, it.target):  # a pair: the prompt and its longer answer
+            msgs = msgs[:-1] + [{"role": "assistant", "content": it.other}]
+        ids, _, last = encode_conversation(self.tok, msgs, "all_assistant")
         if len(ids) <= n:
             return
         answer = len(ids) - last
@@ -182,7 +195,7 @@ class ChatLengthCheck:
         # the tokens [head, head + cut) go, as fit_length (tasks/generate.py) cuts them
         head = min(n // 4, last, n - 8 - answer) if self.truncation == "middle" else 0
         cut = len(ids) - n
-        question = self._question_start(it.messages)
+        question = self._question_start(msgs)
         if self.truncation == "drop":
             self.out.get("too_long", "warning", f"conversations over max_length={n} tokens with the template").add(
                 it.file, it.line, tokens=len(ids), cut="the whole row (generate.truncation: drop)")
@@ -196,6 +209,13 @@ class ChatLengthCheck:
             self.out.get("too_long", "warning", f"conversations over max_length={n} tokens with the template").add(
                 it.file, it.line, tokens=len(ids), cut=f"{cut} {'oldest' if head == 0 else 'middle'} history tokens")
 
+    def _longer(self, a: str, b: str) -> bool:
+        """Whether answer a has more tokens than answer b (the template adds the same to both)."""
+        if a == b:
+            return False
+        ids = self.tok([a, b], add_special_tokens=False)["input_ids"]
+        return len(ids[0]) > len(ids[1])
+
     def _overflow(self) -> tuple[str, str, str]:
         return ("format", "warning", f"template overflow: the chat-template render exceeds max_length={self.max_length} "
                 "tokens and truncation would cut into the final answer or the turn it replies to")
@@ -206,3 +226,21 @@ class ChatLengthCheck:
         if len(answers) < 2:
             return 0
         return len(encode_conversation(self.tok, msgs[: answers[-2] + 1], "all_assistant")[0])
+
+
+class PromptLengthCheck:
+    """too_long for GRPO prompts: the prompt with the template's generation prompt leaves no room
+    under max_length for the sampled answers."""
+
+    def __init__(self, tokenizer, max_length: int, out: Findings):
+        self.tok, self.max_length, self.out = tokenizer, max_length, out
+        ensure_chat_template(tokenizer)
+
+    def flush(self) -> None:
+        pass
+
+    def add(self, it: Item) -> None:
+        ids = self.tok(render_chat(self.tok, it.messages, gen=True), add_special_tokens=False)["input_ids"]
+        if len(ids) >= self.max_length:
+            self.out.get("too_long", "warning", f"prompts of max_length={self.max_length} tokens or more with the "
+                         "template: no room left for the sampled answers").add(it.file, it.line, tokens=len(ids))
