@@ -51,6 +51,10 @@ def test_playground_and_feedback_in_a_browser(run, tmp_path, monkeypatch):
             page.wait_for_function("document.querySelector('#feedback-status').textContent === 'feedback saved'")
             page.wait_for_function("document.querySelector('#feedback-rows').textContent.includes('clearly negative')")
             assert "1 feedback rows: 0 up, 1 down" in page.text_content("#feedback-summary")
+            # what the next retrain would learn from, as text: a classifier's corrected labels
+            page.wait_for_function("document.querySelector('#next-retrain').textContent.includes('objective sft')")
+            assert "1 of 5 needed" in page.text_content("#next-retrain")
+            assert "negative" in page.text_content("#next-retrain-rows")
 
             page.wait_for_function("document.querySelector('#runs').textContent.includes('(serving)')")
             runs = page.text_content("#runs")

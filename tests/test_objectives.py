@@ -232,3 +232,27 @@ def test_objective_recipe_errors(tmp_path, tiny_llama):
         recipe_from_dict({**base, "objective": "ppo"})
     r = recipe_from_dict({**base, "objective": "dpo", "dpo": {"beta": 0.2}})
     assert r.dpo.beta == 0.2 and r.simpo.beta == 2.0 and r.grpo.beta == 0.0
+
+
+@pytest.mark.parametrize("objective", ["dpo", "grpo"])
+def test_objectives_train_sharded_over_two_processes(objective, tmp_path, tiny_llama):
+    """--nproc 2 with FSDP: the reference pass and GRPO's sampling keep the ranks' forwards paired."""
+    import subprocess
+    import sys
+
+    if objective == "dpo":
+        write_jsonl(tmp_path / "train.jsonl", pair_rows(16))
+        extra = {}
+    else:
+        write_jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": f"q {i}"}]} for i in range(16)])
+        extra = {"rewards": [{"type": "regex", "pattern": "[0-9]"}], "grpo": {"num_generations": 4, "max_new_tokens": 3}}
+    recipe = write_recipe(tmp_path / "r.yaml", task="generate", model=str(tiny_llama), method="full", objective=objective,
+                          data={"train": "train.jsonl"}, generate={"max_new_tokens": 3},
+                          train={"epochs": 1, "lr": 1e-3, "batch_size": 4, "max_length": 48, "sharding": "fsdp",
+                                 "precision": "fp32"}, eval={"forgetting": {"enabled": False}}, **extra)
+    r = subprocess.run([sys.executable, "-m", "tuneline", "train", str(recipe), "-o", str(tmp_path / "run"),
+                        "--nproc", "2", "--force"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "FSDP: 2 block units + root" in r.stdout
+    ev = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert ev["objective"] == objective

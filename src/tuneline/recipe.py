@@ -295,8 +295,14 @@ class RetrainOptions(_Strict):
     margin: float = Field(0.02, ge=0, description="the challenger must beat the champion by this much (test + feedback rows)")
     max_p_value: float = Field(0.05, gt=0, le=1, description="paired sign test over rows: the win must be this unlikely by chance")
     max_test_drop: float = Field(0.02, ge=0, description="largest loss allowed on the original test set alone")
-    feedback_eval_share: float = Field(0.3, gt=0, lt=1, description="share of corrected feedback rows held out for evaluation")
-    min_feedback: int = Field(5, ge=1, description="corrected feedback rows needed to retrain")
+    feedback_eval_share: float = Field(0.3, gt=0, lt=1, description="share of feedback rows, per kind, held out for judging")
+    min_feedback: int = Field(5, ge=1, description="usable feedback rows needed: corrections (sft; dpo: those that "
+                              "make a pair) or corrections + rated answers (kto)")
+    objective: Literal["auto", "sft", "kto", "dpo"] = Field(
+        "auto", description="what a chat run's challenger learns from: sft (corrections as supervised rows), kto "
+        "(the original rows and thumbs-up answers as liked, thumbs-down answers as disliked, each correction as a "
+        "liked and a disliked answer), dpo (each correction as a pair over the model's answer: corrections only); "
+        "auto: kto once answers were rated up or down, else sft. A classifier always retrains with sft")
 
 
 class MemoryOptions(_Strict):

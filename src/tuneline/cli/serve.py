@@ -18,7 +18,7 @@ def serve(
     run: Path = typer.Argument(..., help="run folder (its registry's champion version is served)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs TUNELINE_API_KEY"),
     port: int = typer.Option(8000, help="TCP port"),
-    db: Optional[str] = typer.Option(None, "--db", help="monitoring store: SQLAlchemy URL (default: sqlite RUN/monitor.db)"),
+    db: Optional[str] = typer.Option(None, "--db", metavar="URL", help="monitoring store: SQLAlchemy URL (default: sqlite RUN/monitor.db)"),
     no_store_inputs: bool = typer.Option(False, "--no-store-inputs", help="store only a hash of each input"),
     max_batch: int = typer.Option(64, min=1, help="inputs per model batch (micro-batching)"),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="how long a batch waits for more requests"),
@@ -57,7 +57,7 @@ def serve(
 @app.command()
 def monitor(
     run: Path = typer.Argument(..., help="run folder"),
-    db: Optional[str] = typer.Option(None, "--db", help="monitoring store URL (default: sqlite RUN/monitor.db)"),
+    db: Optional[str] = typer.Option(None, "--db", metavar="URL", help="monitoring store URL (default: sqlite RUN/monitor.db)"),
     hours: Optional[float] = typer.Option(None, help="traffic of the last N hours only"),
     no_drift: bool = typer.Option(False, "--no-drift", help="skip the drift check (it loads the model)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -121,16 +121,20 @@ def format_monitor(s: dict) -> str:
 @app.command()
 def retrain(
     run: Path = typer.Argument(..., help="run folder being served"),
-    db: Optional[str] = typer.Option(None, "--db", help="monitoring store URL (default: sqlite RUN/monitor.db)"),
-    set_: List[str] = typer.Option([], "--set", help="override a recipe key of the challenger (repeatable)"),
+    db: Optional[str] = typer.Option(None, "--db", metavar="URL", help="monitoring store URL (default: sqlite RUN/monitor.db)"),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe key of the challenger (repeatable)"),
+    objective: Optional[str] = typer.Option(
+        None, "--objective", metavar="auto|sft|kto|dpo",
+        help="what a chat run's challenger learns by (default: retrain.objective, auto: kto once answers were "
+             "rated up or down, else sft on the corrections)"),
     no_promote: bool = typer.Option(False, "--no-promote", help="train and compare, but leave the champion"),
     force: bool = typer.Option(False, "--force", help="train even when the data audit finds errors"),
     as_json: bool = typer.Option(False, "--json", help="print the decision as JSON"),
 ):
-    """Train a challenger on the original data plus corrected feedback; promote it only if it wins."""
+    """Train a challenger on the original data plus the service's feedback; promote it only if it wins."""
     from ..serve.retrain import retrain as run_retrain
 
-    result = run_retrain(run, db_url=db, overrides=set_, promote=not no_promote, force=force)
+    result = run_retrain(run, db_url=db, overrides=set_, promote=not no_promote, force=force, objective=objective)
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
@@ -138,7 +142,7 @@ def retrain(
 @app.command()
 def rollback(
     run: Path = typer.Argument(..., help="run folder"),
-    to: Optional[str] = typer.Option(None, "--to", help="version id (default: the champion before the current one)"),
+    to: Optional[str] = typer.Option(None, "--to", metavar="VERSION", help="version id (default: the champion before the current one)"),
 ):
     """Serve an earlier version again (a running `tuneline serve` switches within seconds)."""
     from ..serve.registry import Registry

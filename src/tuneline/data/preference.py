@@ -54,6 +54,15 @@ class RowError(UserError):
 
 
 @dataclass
+class Example:
+    """What a row teaches, whatever its format: a prompt with a preferred answer, a dispreferred
+    one, or both (a pair). Retraining turns original rows and feedback into these."""
+    prompt: list[dict]
+    chosen: str | None = None
+    rejected: str | None = None
+
+
+@dataclass
 class Pair:
     """DPO / ORPO / SimPO: one prompt, a preferred and a dispreferred answer."""
 

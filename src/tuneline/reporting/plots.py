@@ -85,6 +85,31 @@ def eval_curves_plot(metrics: list[dict], names: tuple[str, ...], best_step: int
     return _finish_curves(ax, fig, metrics, best_step, "Validation metrics (higher is better)", "score")
 
 
+def train_figures_plot(metrics: list[dict], names: tuple[str, ...], lengths: tuple[str, ...] = (),
+                       best_step: int | None = None) -> str | None:
+    """A task's own per-step training figures (task.train_figures: a reward objective's mean reward,
+    pass rate...) over steps; `lengths` (answer lengths in tokens) on a second panel of their own scale."""
+    train = [m for m in metrics if m.get("type") == "train"]
+    keys = [k for k in names if any(m.get(k) is not None for m in train)]
+    long_keys = [k for k in lengths if any(m.get(k) is not None for m in train)]
+    if not keys and not long_keys:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(2 if long_keys else 1, 1, figsize=(7, 5.2 if long_keys else 3.2), sharex=True,
+                             squeeze=False)
+    for ax, group, ylabel in ((axes[0][0], keys, "score"), (axes[-1][0], long_keys, "tokens")):
+        for k in group:
+            pts = [(m["step"], m[k]) for m in train if m.get(k) is not None]
+            ax.plot(*zip(*pts), label=k, lw=1.3, **_style(len(pts)))
+    if long_keys:
+        axes[0][0].set_ylabel("score")
+        axes[0][0].grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        axes[0][0].set_title("Training figures per logged step")
+        return _finish_curves(axes[1][0], fig, metrics, best_step, "", "answer tokens")
+    return _finish_curves(axes[0][0], fig, metrics, best_step, "Training figures per logged step", "score")
+
+
 def lr_plot(metrics: list[dict]) -> str | None:
     pts = [(m["step"], m["lr"]) for m in metrics if m.get("type") == "train" and m.get("lr") is not None]
     if not pts:

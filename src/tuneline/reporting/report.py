@@ -86,6 +86,8 @@ def curves_section(run: RunDir, task: Task, best_step: int | None) -> list[str]:
         return out + ["<p class='muted'>No metrics logged.</p>"]
     out.append(img(loss, "loss curves"))
     out.append(img(plots.eval_curves_plot(metrics, task.metric_names, best_step), "validation curves"))
+    out.append(img(plots.train_figures_plot(metrics, task.train_figures, task.train_lengths, best_step),
+                   "training figures"))
     out.append(img(plots.lr_plot(metrics), "learning-rate schedule"))
     return out
 

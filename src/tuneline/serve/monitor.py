@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from ..errors import UserError
 from .store import Store
 
 
@@ -45,7 +46,10 @@ def traffic_summary(store: Store, since: float | None = None, bucket_s: int = 60
     }
 
 
-def feedback_summary(store: Store, limit: int = 50) -> dict:
+def feedback_summary(store: Store, limit: int = 50, task: str | None = None, retrain=None) -> dict:
+    """Counts, the most frequent corrections and the latest rows; with `task` (the run's task name)
+    also "next_retrain": what `tuneline retrain` would learn from now (`retrain`: the recipe's
+    retrain options)."""
     rows = store.feedback_rows()
     ratings = Counter(r["rating"] for r in rows if r["rating"])
     items = [queue_item(r) for r in rows]
@@ -58,7 +62,83 @@ def feedback_summary(store: Store, limit: int = 50) -> dict:
         "corrected_answers": sum(1 for r in rows if r["corrected_answer"]),
         "top_corrections": [{"predicted": p, "corrected": c, "count": n} for (p, c), n in corrections.most_common(10)],
         "queue": items[:limit],
+        **({"next_retrain": next_retrain(rows, task, retrain)} if task else {}),
     }
+
+
+def next_retrain(rows: list[dict], task: str, retrain=None, n_examples: int = 5) -> dict:
+    """What the next `tuneline retrain` would learn from, read the way it reads the store: usable
+    corrections, thumbs up and down (about stored inputs; the latest per input and answer), the
+    objective it would train by and why, and the latest few rows."""
+    from ..tasks import get_task
+    from .feedback import chat_feedback, pick_objective
+
+    own = get_task(task)
+    configured = retrain.objective if retrain is not None else "auto"
+    min_feedback = getattr(retrain, "min_feedback", None)
+    if "chat" not in own.serves:
+        from .feedback import _norm
+
+        usable = [r for r in rows if r["input"] is not None]
+        rated = [r for r in usable if not own.correction(r)]  # a rating beside a correction is the correction's
+        counts = {"corrections": len({_norm(queue_item(r)["input"] or "") for r in usable if own.correction(r)}),
+                  "thumbs_up": sum(r["rating"] == "up" for r in rated),
+                  "thumbs_down": sum(r["rating"] == "down" for r in rated)}
+        hidden = sum(1 for r in rows if r["input"] is None and (own.correction(r) or r["rating"]))
+        objective, why = "sft", "a classifier learns from corrected labels; ratings alone are not learned from"
+        examples = [{"kind": "corrections", "input": q["input"], "model": q["output"], "learns": q["corrected_label"]}
+                    for q in (queue_item(r) for r in usable if own.correction(r))][:n_examples]
+        n_usable = counts["corrections"]
+    else:
+        fb = chat_feedback(rows)
+        counts, hidden = fb.counts(), sum(fb.hidden.values())
+        try:
+            objective, why = pick_objective(configured, own, fb)
+        except UserError:  # a recipe value this code does not know: say what auto would do
+            objective, why = pick_objective("auto", own, fb)
+        latest = sorted(fb.corrections + fb.thumbs_up + fb.thumbs_down, key=lambda j: -j.created)[:n_examples]
+        last_user = lambda j: next((m["content"] for m in reversed(j.prompt) if m["role"] == "user"), "")
+        examples = [{"kind": j.kind, "input": last_user(j), "model": j.answer, "learns": _learns(j, objective)}
+                    for j in latest]
+        n_usable = fb.usable(objective)
+    auto = pick_objective("auto", own, fb if "chat" in own.serves else None)[0]
+    summary = _retrain_sentence(objective, counts, n_usable, hidden, min_feedback)
+    ready = min_feedback is None or n_usable >= min_feedback
+    if objective == "kto" and not counts["thumbs_down"] and not fb.usable("dpo"):
+        ready = False  # kto needs undesirable answers too: the original rows are all desirable
+        summary += " kto needs a disliked answer too: a thumbs down, or a correction of a stored answer."
+    return {"objective": objective, "why": why, "configured": configured, "auto_objective": auto,
+            **counts, "without_input": hidden, "usable": n_usable, "min_feedback": min_feedback,
+            "ready": ready, "summary": summary, "examples": examples}
+
+
+def _learns(j, objective: str) -> str:
+    """What one chat feedback row teaches under `objective`, in words."""
+    if j.kind == "corrections":
+        if objective == "sft":
+            return f"answer: {j.correction}"
+        e = j.example()
+        if e.rejected is None:
+            return f"preferred: {j.correction}" if objective == "kto" else "nothing (no stored answer to pair with)"
+        return f"preferred: {j.correction}; not: the model's answer"
+    if objective != "kto":
+        return f"nothing ({objective} does not learn from ratings; judged on them)"
+    return "a liked answer" if j.kind == "thumbs_up" else "a disliked answer"
+
+
+def _retrain_sentence(objective: str, counts: dict, usable: int, hidden: int, min_feedback) -> str:
+    learns = {"sft": "corrections as supervised rows, with the original rows",
+              "kto": "the original rows as liked answers, thumbs up and down, each correction as a liked and a "
+                     "disliked answer",
+              "dpo": "each correction as a pair (the correction over the model's answer); ratings alone are not pairs"}
+    text = (f"Next retrain: {objective}, learning from {learns[objective]}. "
+            f"{counts['corrections']} corrections, {counts['thumbs_up']} thumbs up, {counts['thumbs_down']} thumbs "
+            f"down usable; {usable} count toward retrain.min_feedback")
+    if min_feedback is not None:
+        text += f" ({min_feedback} needed{'' if usable >= min_feedback else ', not enough yet'})"
+    if hidden:
+        text += f"; {hidden} about requests stored without inputs cannot be used"
+    return text + ". A share (retrain.feedback_eval_share) is held out to judge the challenger on."
 
 
 def queue_item(r: dict) -> dict:

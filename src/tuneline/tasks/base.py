@@ -26,6 +26,8 @@ Attributes (class level; the defaults suit a task whose model is not a language 
   serves             what `tuneline serve` answers: "classify" and/or "chat" (chat + completions)
   export_formats     the `tuneline export --format` values that apply
   report_sections    names in reporting.sections.SECTIONS drawn in this task's report
+  train_figures      keys of `train_stats` (0-1 scores) drawn over steps in the report; train_lengths
+                     likewise, in tokens
   loss_falls         the training loss is positive and falls as the model learns (the divergence
                      guard watches it climb); False for a policy-gradient loss around zero
 """
@@ -51,6 +53,8 @@ class Task:
     export_formats: tuple[str, ...] = ("hf",)
     report_sections: tuple[str, ...] = ()
     loss_falls: bool = True
+    train_figures: tuple[str, ...] = ()
+    train_lengths: tuple[str, ...] = ()
 
     # -- recipe -------------------------------------------------------------
     def options(self, recipe):
@@ -175,6 +179,12 @@ class Task:
     def feedback_record(self, conversation: list[dict], fix: str) -> dict:
         """A correction as a plain row: the request's conversation (ending with the user turn)
         answered by `fix`."""
+        raise NotImplementedError
+
+    def examples(self, rows, recipe) -> list:
+        """Chat tasks: rows as what they teach (data.preference.Example: a prompt with a preferred
+        and / or a dispreferred answer), read as this task's training reads them; retraining mixes
+        them with the service's feedback."""
         raise NotImplementedError
 
     def row_scores(self, run, rows: list[dict]) -> list[float]:

@@ -462,6 +462,13 @@ class GenerateTask(Task):
     def feedback_record(self, conversation: list[dict], fix: str) -> dict:
         return {"messages": conversation + [{"role": "assistant", "content": fix}]}
 
+    def examples(self, rows: Rows, recipe) -> list:
+        """Each chat's last answer, preferred."""
+        from ..data.preference import Example
+
+        return [Example(c[:-1], c[-1]["content"]) for c in self.conversations(rows, recipe)
+                if len(c) > 1 and c[-1]["role"] == "assistant" and c[-1]["content"].strip()]
+
     def row_scores(self, run, rows: list[dict]) -> list[float]:
         """Sentence chrF / 100 of the generated answer against the row's."""
         import sacrebleu

@@ -106,6 +106,8 @@ class GRPOTask(ObjectiveParts, GenerateTask):
     default_metric = "reward"
     headline_metrics = ("reward", "pass_rate", "answer_words", "exact_match", "chrf", "chrf_per_answer", "rougeL")
     key_metric = "reward"
+    train_figures = ("reward", "reward_std", "pass_rate", "clipped", "kl")
+    train_lengths = ("answer_tokens",)
     loss_falls = False  # advantages are centred on zero per group: the loss hovers around 0
 
     def __init__(self):
@@ -114,6 +116,7 @@ class GRPOTask(ObjectiveParts, GenerateTask):
         self._graders = None
         self._stats: list[dict] = []
         self.train_data = None
+        self.equal_lengths = False
 
     def graders(self, recipe):
         """The recipe's graders, loaded once (model graders load their model)."""
@@ -168,6 +171,8 @@ class GRPOTask(ObjectiveParts, GenerateTask):
         self.tokenizer = trainer.tokenizer
         o = self.objective_options(trainer.recipe)
         self._recipe = trainer.recipe
+        # FSDP gathers a block's weights in each forward: every rank must sample as many tokens
+        self.equal_lengths = trainer.sharded
         if o.beta > 0 and not is_adapter_model(trainer.model):
             if trainer.sharded:
                 raise UserError("grpo.beta > 0 with full tuning needs a frozen reference copy, which a sharded run "
@@ -214,6 +219,7 @@ class GRPOTask(ObjectiveParts, GenerateTask):
         mask = batch["attention_mask"].repeat_interleave(o.num_generations, 0)
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=o.temperature,
                              top_p=o.top_p, top_k=None, max_new_tokens=o.max_new_tokens,
+                             min_new_tokens=o.max_new_tokens if self.equal_lengths else None,
                              eos_token_id=self._eos_ids(model), pad_token_id=self.pad_id)
         model.train(was)
         return out, ids.shape[1]

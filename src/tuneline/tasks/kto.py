@@ -143,6 +143,13 @@ class KTOTask(ObjectiveParts, ReferenceParts, GenerateTask):
         return [j.prompt + [{"role": "assistant", "content": j.completion}]
                 for j in self._judgements(rows, recipe) if j.label]
 
+    def examples(self, rows: Rows, recipe) -> list:
+        """Each judged answer, preferred or not by its label."""
+        from ..data.preference import Example
+
+        return [Example(j.prompt, j.completion, None) if j.label else Example(j.prompt, None, j.completion)
+                for j in self._judgements(rows, recipe)]
+
     # -- batches -----------------------------------------------------------------
     def collate(self, data: JudgedEncoded, idx: list[int], pad_id: int) -> dict:
         """Rows [judged sequences..., their KL partners...], "desirable" per judged row, "reference"."""

@@ -111,6 +111,9 @@ class PreferenceTask(ObjectiveParts, ReferenceParts, GenerateTask):
         out = PairEncoded(*([] for _ in range(9)))
         for i, rec in enumerate(rows.records):
             pair = to_pair(rec, rows.where(i), fmt, recipe.generate.system_prompt)
+            if pair.tools:  # silently training without them would teach answers to a different prompt
+                raise UserError(f"{rows.where(i)}: input.tools: tool definitions are not rendered into the prompt "
+                                "by tuneline yet; remove them or the row")
             chosen = encode_row(tokenizer, pair.prompt + [{"role": "assistant", "content": pair.chosen}], options,
                                 recipe.train.max_length)
             rejected = encode_row(tokenizer, pair.prompt + [{"role": "assistant", "content": pair.rejected}], options,
@@ -150,6 +153,14 @@ class PreferenceTask(ObjectiveParts, ReferenceParts, GenerateTask):
         fmt = recipe.data.format if recipe.data.format != "auto" else detect_preference_format(rows, "pairs")
         pairs = [to_pair(rec, rows.where(i), fmt, recipe.generate.system_prompt) for i, rec in enumerate(rows.records)]
         return [p.prompt + [{"role": "assistant", "content": p.chosen}] for p in pairs]
+
+    def examples(self, rows: Rows, recipe) -> list:
+        """Each pair as it is."""
+        from ..data.preference import Example, detect_preference_format, to_pair
+
+        fmt = recipe.data.format if recipe.data.format != "auto" else detect_preference_format(rows, "pairs")
+        pairs = (to_pair(rec, rows.where(i), fmt, recipe.generate.system_prompt) for i, rec in enumerate(rows.records))
+        return [Example(p.prompt, p.chosen, p.rejected) for p in pairs]
 
     # -- batches -----------------------------------------------------------------
     def collate(self, data: PairEncoded, idx: list[int], pad_id: int) -> dict:

@@ -45,7 +45,9 @@ def list_runs(registry) -> list[dict]:
         folder = (registry.root / v["path"]).resolve()
         seen.add(folder)
         out.append({"id": v["id"], "name": f"{registry.root.name} {v['id']}", "kind": "version",
-                    "champion": v["id"] == data["champion"], "source": v["source"], "created": v["created"],
+                    "champion": v["id"] == data["champion"],
+                    "source": v["source"] + (f" ({v['objective']})" if v.get("objective") else ""),
+                    "created": v["created"],
                     "metrics": _metrics_of(folder), "has_report": (folder / "report.html").exists(),
                     "decision": v.get("decision")})
     parent = registry.root.resolve().parent
@@ -110,7 +112,8 @@ def dashboard_router(served: ServedModel, registry: Registry, store: Store, drif
     @router.get("/api/feedback", dependencies=protected, tags=["dashboard"])
     async def feedback(limit: int = Query(50, ge=1, le=500)):
         await asyncio.to_thread(store.flush)
-        return await asyncio.to_thread(feedback_summary, store, limit)
+        v = served.current  # "next_retrain": what `tuneline retrain` would learn from now
+        return await asyncio.to_thread(feedback_summary, store, limit, v.task, v.run.recipe.retrain)
 
     @router.get("/api/drift", dependencies=protected, tags=["dashboard"])
     async def drift(refresh: bool = False):  # the name is the OpenAPI operation's
