@@ -464,3 +464,19 @@ def test_real_chat_model_folder_as_judge(tiny_llama):
     rows = g.score_many([{"q": "x"}, {"q": "y"}], ["a", "b"])
     assert all(0.0 <= r["score"] <= 1.0 for r in rows)
     assert sum(g.errors.values()) <= 2
+
+
+def test_grader_paths_resolve_against_the_recipe_folder(tmp_path):
+    from tuneline.rewards import resolve_paths
+
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "g.py").write_text("def grade(sample, item):\n    return 1.0\n")
+    specs = [{"type": "python", "source": "g.py", "trust_code": True},
+             {"type": "multi", "calculate_output": "a", "graders": {
+                 "a": {"type": "score_model", "model": "judge", "input": [{"role": "user", "content": "x"}]}}},
+             {"type": "score_model", "model": "smollm2-135m-instruct", "input": [{"role": "user", "content": "x"}]}]
+    out = resolve_paths(specs, tmp_path)
+    assert out[0]["source"] == str(tmp_path / "g.py")
+    assert out[1]["graders"]["a"]["model"] == str(tmp_path / "judge")
+    assert out[2]["model"] == "smollm2-135m-instruct"  # an alias stays
+    assert specs[0]["source"] == "g.py"  # the input is not changed

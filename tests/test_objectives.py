@@ -256,3 +256,42 @@ def test_objectives_train_sharded_over_two_processes(objective, tmp_path, tiny_l
     assert "FSDP: 2 block units + root" in r.stdout
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert ev["objective"] == objective
+
+
+def test_dpo_resumed_run_matches_an_uninterrupted_one(pref_recipe):
+    """The reference is computed again before the checkpoint loads: a resumed run continues exactly."""
+    from tuneline.errors import RunStopped
+    from tuneline.training.loop import Callback
+
+    class StopAt(Callback):
+        def on_log(self, trainer, record):
+            if record["step"] == 4:
+                raise RunStopped("stopped", "test stop at step 4")
+
+    settings = {"train": {"epochs": 1, "seed": 5, "log_every": 1, "save_every": 2, "precision": "fp32"}}
+    whole = tuneline.train(pref_recipe("dpo", name="whole", **settings))
+    recipe = pref_recipe("dpo", name="cut", **settings)
+    with pytest.raises(RunStopped):
+        tuneline.train(recipe, callbacks=[StopAt()])
+    resumed = tuneline.train(recipe, resume=True)
+
+    def losses(run):
+        return [json.loads(x)["loss"] for x in (run.path / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+
+    assert losses(resumed) == pytest.approx(losses(whole), abs=1e-5)
+    assert resumed.eval["tuned"]["preference_accuracy"] == pytest.approx(whole.eval["tuned"]["preference_accuracy"])
+
+
+@pytest.mark.parametrize("objective", ["dpo", "grpo"])
+def test_dry_run_probes_an_objective(objective, tmp_path, tiny_llama):
+    if objective == "dpo":
+        write_jsonl(tmp_path / "train.jsonl", pair_rows(40))
+        extra = {}
+    else:
+        write_jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": f"q {i}"}]} for i in range(20)])
+        extra = {"rewards": [{"type": "regex", "pattern": "[0-9]"}], "grpo": {"num_generations": 4, "max_new_tokens": 3}}
+    recipe = write_recipe(tmp_path / "r.yaml", task="generate", model=str(tiny_llama), method="lora", objective=objective,
+                          data={"train": "train.jsonl"}, train={"max_length": 48, "batch_size": 4}, **extra)
+    plan = tuneline.train(recipe, dry_run=True, output=tmp_path / "never")
+    assert plan["steps"] > 0 and plan["estimated_train_seconds"] > 0
+    assert not (tmp_path / "never").exists()

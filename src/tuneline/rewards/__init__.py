@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from .errors import GraderError
 from .graders import Graders, load_graders
+from .paths import resolve_paths
 from .spec import check_specs
 
-__all__ = ["GraderError", "Graders", "check_specs", "load_graders"]
+__all__ = ["GraderError", "Graders", "check_specs", "load_graders", "resolve_paths"]

@@ -150,8 +150,11 @@ class GRPOTask(ObjectiveParts, GenerateTask):
     def prepare(self, splits, recipe, tokenizer) -> Prepared:
         self.in_memory(splits)
         self.graders(recipe)  # a grader that cannot load fails before training
-        return Prepared(None, *(self.encode_rows(getattr(splits, s), recipe, tokenizer)
-                                for s in ("train", "validation", "test")))
+        p = Prepared(None, *(self.encode_rows(getattr(splits, s), recipe, tokenizer)
+                             for s in ("train", "validation", "test")))
+        # what `loss` reads besides the batch (the dry run's probe calls it without a trainer)
+        self.train_data, self.tokenizer, self.pad_id = p.train, tokenizer, tokenizer.pad_token_id
+        return p
 
     def conversations(self, rows: Rows, recipe) -> list[list[dict]]:
         """Prompts with their reference answer where the row has one: drift reference and plain rows."""

@@ -276,6 +276,10 @@ def _resolve_eval_files(recipe: Recipe, base_dir: Path | None) -> None:
     """Files the evaluation reads, checked before training and stored as absolute paths in the
     run's recipe, so `tuneline evaluate` / `report` later find them from any folder."""
     e = recipe.eval
+    if recipe.rewards:
+        from ..rewards import resolve_paths
+
+        recipe.rewards = resolve_paths(recipe.rewards, base_dir)
     if e.forgetting.reference:
         e.forgetting.reference = str(resolve_data_path(e.forgetting.reference, base_dir, "eval.forgetting.reference"))
     if isinstance(e.counterfactuals, str):
