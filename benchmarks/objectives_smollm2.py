@@ -47,7 +47,9 @@ def write(path: Path, rows: list[dict]) -> str:
 
 
 def sst2_data(work: Path, n_train: int, n_test: int) -> dict[str, dict[str, str]]:
-    train, test = read(SHARED / "sst2" / "train.jsonl", n_train, 1), read(SHARED / "sst2" / "validation.jsonl", n_test, 2)
+    # SST-2's train split is mostly phrases, its validation split whole sentences: train on the sentences
+    train = [r for r in read(SHARED / "sst2" / "train.jsonl", None, 1) if len(r["text"].split()) >= 12][:n_train]
+    test = read(SHARED / "sst2" / "validation.jsonl", n_test, 2)
     rng = random.Random(3)
 
     def pairs(rows):

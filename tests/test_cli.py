@@ -102,3 +102,32 @@ def test_models_list():
     assert r.returncode == 0
     aliases = {m["alias"] for m in json.loads(r.stdout)}
     assert {"minilm-l6", "smollm2-135m-instruct"} <= aliases
+
+
+def test_help_reads_like_a_cli_no_python_types():
+    """Every command's --help: flags without a type, value options with a word (TEXT, PATH, N...),
+    arguments as RECIPE / RUNS... in the usage line; no <bool>, <list[str]>, {recipe} from typer."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from tuneline.cli import app
+
+    def paths(cmd, path=()):
+        yield list(path)
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            yield from paths(sub, (*path, name))
+
+    every = list(paths(typer.main.get_command(app)))
+    assert ["train"] in every and ["models", "info"] in every and ["data", "check"] in every
+    leak = re.compile(r"<(bool|int|float|str|path|file|dir|list|tuple)\b[^>]*>|list\[|\{[a-z_]+\}")
+    for path in every:
+        r = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, (path, r.output)
+        assert not leak.search(r.output), (path, leak.search(r.output).group(0), r.output)
+        for line in r.output.splitlines():  # a flag's row: no value word after its names
+            m = re.match(r"^[│\s*]*--(help|json|dry-run|overwrite|force)\s+(-\w\s+)?([A-Z][A-Z=]+)\b", line)
+            assert not m, (path, line)
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "RECIPE" in out and "KEY=VALUE" in out and "PATH" in out

@@ -34,6 +34,9 @@ def test_dpo_losses_by_hand():
     nc, nr = T([2.0]), T([4.0])
     h_ipo = (-3 / 2 + 4 / 2) - (-5 / 4 + 4.5 / 4)  # 0.625
     assert dpo_loss(pc, pr, rc, rr, 0.1, "ipo", nc=nc, nr=nr).item() == pytest.approx((h_ipo - 5) ** 2, rel=1e-6)
+    # RPO: plus the chosen answer's mean NLL
+    assert dpo_loss(pc, pr, rc, rr, 0.1, nc=nc, nr=nr, sft_weight=0.5).item() == pytest.approx(
+        -math.log(sig(0.15)) + 0.5 * 3 / 2, rel=1e-6)
     # at the reference the sigmoid loss is log 2, whatever beta
     assert dpo_loss(rc, rr, rc, rr, 3.0).item() == pytest.approx(math.log(2))
 

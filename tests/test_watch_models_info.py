@@ -87,3 +87,27 @@ def test_model_cards_name_the_hub_id_of_a_built_in(tmp_path):
     assert hub_id("minilm-l6") == CATALOG["minilm-l6"].hub_id and "/" in hub_id("minilm-l6")
     assert hub_id("HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB/SmolLM2-360M"
     assert hub_id(str(tmp_path)) is None  # a local folder has no public id
+
+
+def test_gguf_conversion_announced_on_stderr(tmp_path, monkeypatch, capsys):
+    """The one-time GGUF conversion (a long pause on a fresh home) says what and where, on stderr:
+    stdout may be a --json answer (`models info --json`)."""
+    import transformers
+
+    from tuneline import models
+
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path / "home"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("conversion stopped by the test")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", stop)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        models.convert_gguf(gguf)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Converting m.gguf to safetensors once into" in err and str(tmp_path / "home" / "models") in err
+    assert "later runs reuse it" in err
+    assert not list((tmp_path / "home" / "models").iterdir())  # nothing half-written left behind

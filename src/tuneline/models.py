@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,9 @@ def convert_gguf(gguf_path: Path) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Converting {gguf_path.name} to safetensors (once) into {out} ...", flush=True)
+    # stderr: stdout may be a --json answer (`models info --json`, `data check --json`)
+    print(f"Converting {gguf_path.name} to safetensors once into {out} (later runs reuse it) ...",
+          file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

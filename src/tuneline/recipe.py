@@ -157,6 +157,9 @@ class DPOOptions(_Strict):
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
         "sigmoid", description="sigmoid: the paper's; ipo: Azar et al. 2023 (squared, on mean log-probs); hinge: SLiC")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: the share of pairs assumed flipped")
+    sft_weight: float = Field(0.0, ge=0, description="add this times the chosen answer's mean NLL (RPO, Pang et al. "
+                              "2024; TRL's rpo_alpha): keeps the chosen answers likely, not only likelier than the "
+                              "rejected; 0 = off")
     precompute_reference: bool = Field(
         True, description="reference log-probs computed once before training (one pass, no second model); "
         "false: every step, through the base with the adapter off (adapters) or a frozen copy (full tuning)")

@@ -9,6 +9,7 @@ import click
 import typer
 
 from ..errors import RunFailed, UserError
+from .help_format import PlainHelpGroup
 
 try:  # typer >= 0.2x raises its own vendored click's exceptions, not click's
     from typer._click import exceptions as _typer_click
@@ -16,13 +17,16 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click = click.exceptions
 
 HELP = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
+app = typer.Typer(cls=PlainHelpGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings=HELP,
                   help="Fine-tune a pretrained language model for one task: train, evaluate, predict.\n\n"
                        "Start with:  tuneline train examples/reviews/recipe.yaml   (then: tuneline predict runs/reviews "
                        "-t 'Great blender')")
-models_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="The built-in model catalog.")
+models_app = typer.Typer(cls=PlainHelpGroup, no_args_is_help=True, context_settings=HELP,
+                         help="The built-in model catalog.")
 app.add_typer(models_app, name="models")
-data_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Check task data before training.")
+data_app = typer.Typer(cls=PlainHelpGroup, no_args_is_help=True, context_settings=HELP,
+                       help="Check task data before training.")
 app.add_typer(data_app, name="data")
 
 

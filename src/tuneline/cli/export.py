@@ -14,7 +14,7 @@ from .app import app
 @app.command("export", epilog="Examples:\n\n  tuneline export runs/support -f gguf -o out/support-gguf -q f16 -q q8_0\n\n  tuneline export runs/reviews -f onnx -o out/reviews-onnx")
 def export(
     run: Path = typer.Argument(..., help="run folder"),
-    fmt: str = typer.Option(..., "--format", "-f", help="hf | gguf | onnx"),
+    fmt: str = typer.Option(..., "--format", "-f", metavar="FORMAT", help="hf | gguf | onnx"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write (must not exist, unless --overwrite)"),
     quantize: List[str] = typer.Option([], "--quantize", "-q",
                                        help="gguf: f16 (default) | q8_0, repeatable; hf: f32 (default) | f16"),

@@ -15,7 +15,7 @@ from .app import app
 @app.command(epilog="Examples:\n\n  tuneline train examples/reviews/recipe.yaml\n\n  tuneline train r.yaml --set method=lora --set train.lr=1e-3 -o runs/r-lora\n\n  tuneline train r.yaml --dry-run")
 def train(
     recipe: Path = typer.Argument(..., help="recipe YAML file"),
-    set_: List[str] = typer.Option([], "--set", help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)"),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe key, e.g. --set train.lr=3e-5 (repeatable)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="run folder (default: recipe's output or runs/<name>)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),

@@ -238,17 +238,20 @@ class PreferenceTask(ObjectiveParts, ReferenceParts, GenerateTask):
 
 
 def dpo_loss(pc, pr, rc, rr, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-             nc=None, nr=None) -> torch.Tensor:
+             nc=None, nr=None, sft_weight: float = 0.0) -> torch.Tensor:
     """Per pair. h = (pc - rc) - (pr - rr): how much more the model prefers the chosen answer than
     the reference does. sigmoid: -log σ(βh) (label smoothing ε: (1-ε)·that - ε·log σ(-βh));
-    ipo: (h - 1/(2β))² on per-token mean log-probs (nc, nr: answer token counts); hinge: max(0, 1 - βh)."""
+    ipo: (h - 1/(2β))² on per-token mean log-probs (nc, nr: answer token counts); hinge: max(0, 1 - βh).
+    Plus sft_weight times the chosen answer's mean NLL, -pc/nc (RPO)."""
     if loss_type == "ipo":
         h = (pc / nc - rc / nc) - (pr / nr - rr / nr)
-        return (h - 1 / (2 * beta)) ** 2
-    h = (pc - rc) - (pr - rr)
-    if loss_type == "hinge":
-        return torch.relu(1 - beta * h)
-    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+        loss = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        loss = torch.relu(1 - beta * ((pc - rc) - (pr - rr)))
+    else:
+        h = (pc - rc) - (pr - rr)
+        loss = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return loss - sft_weight * pc / nc if sft_weight else loss
 
 
 def simpo_loss(pc, pr, nc, nr, beta: float, gamma: float, sft_weight: float = 0.0) -> torch.Tensor:
@@ -274,7 +277,8 @@ class DPOTask(PreferenceTask):
 
     def pair_loss(self, pc, pr, nc, nr, rc, rr):
         o = self._opts
-        return dpo_loss(pc, pr, rc, rr, o.beta, o.loss_type, o.label_smoothing, nc.clamp(min=1), nr.clamp(min=1))
+        return dpo_loss(pc, pr, rc, rr, o.beta, o.loss_type, o.label_smoothing, nc.clamp(min=1), nr.clamp(min=1),
+                        o.sft_weight)
 
 
 @register_objective

@@ -1,14 +1,19 @@
 """`tuneline train RECIPE --dry-run`: the plan and its cost before any time is spent.
 
-Time is measured, not modelled: two micro-steps (forward, backward, optimizer) on real rows of
-the training set give this machine's tokens/s for this model and method, which the plan's token
-count turns into a training time. Memory: the resident size after loading, plus the step's
-growth scaled from the probe batch to the recipe's batch, plus optimizer state.
+Time is measured, not modelled, on a piece of work the training loop will really do: the epoch's
+batches are laid out as the loop lays them out (length grouping, pieces under
+memory.micro_batch_tokens), and the piece of median size is timed on this machine's device, at
+the run's precision, after a warm-up step that pays the one-time costs (allocation, optimizer
+state, kernel selection). Forward + backward time per padded token, times the padded tokens of
+every piece of the run, plus the optimizer's time per step, gives the training time; the forward
+time per padded token, times the padded tokens of the validation set at the evaluation batch size,
+times the number of evaluations, the validation time. Memory: the resident size after loading,
+plus the step's growth scaled from the probe piece to the rows that live at once, plus optimizer state.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import resource
 import time
 
@@ -17,39 +22,103 @@ import psutil
 import torch
 
 GIB = 1024 ** 3
+SAMPLED_BATCHES = 5000  # the layout of a larger epoch is read from this many of its batches
 
 
 def _max_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def probe_step(task, model, data, recipe, pad_id: int, rows: int) -> dict:
-    """Time micro-steps on `rows` rows of the 90th-percentile length (a realistic worst-ish batch)."""
+def _padded(rows: list[int], lengths) -> int:
+    """Tokens a piece computes: its rows padded to the longest (the collators pad to the batch's longest)."""
+    return len(rows) * max(int(lengths[i]) for i in rows) if rows else 0
+
+
+def epoch_layout(lengths, tc, budget: int | None) -> tuple[list[list[int]], float]:
+    """The pieces of the first epoch's batches as the loop forms them (a sample of a large epoch)
+    and the factor from the sample to the whole epoch."""
+    from ..data.batching import epoch_batches, split_by_tokens
+
+    batches = epoch_batches(lengths, tc.batch_size, tc.seed * 1000, tc.group_by_length)
+    sample = batches[:SAMPLED_BATCHES]  # already in random order
+    pieces = [p for b in sample for p in split_by_tokens(b, lengths, budget)]
+    return pieces, len(batches) / max(len(sample), 1)
+
+
+def typical_piece(pieces: list[list[int]], lengths) -> list[int]:
+    """The piece of median padded size: the work of a typical step, not the longest rows."""
+    if not pieces:
+        return [0]
+    sizes = [_padded(p, lengths) for p in pieces]
+    return pieces[sorted(range(len(pieces)), key=sizes.__getitem__)[len(pieces) // 2]]
+
+
+def evaluations(plan, eval_every: int | None) -> int:
+    """How many validation passes the loop makes: every eval_every steps, at each epoch's end and
+    after the last step, each step once."""
+    total, per_epoch = plan.total_steps, max(plan.steps_per_epoch, 1)
+    steps = set(range(per_epoch, total + 1, per_epoch)) | {total}
+    if eval_every:
+        steps |= set(range(eval_every, total + 1, eval_every))
+    return len(steps) if total else 0
+
+
+def _autocast(device: torch.device, precision: str):
+    """The loop's mixed precision (Accelerate's autocast) for the probe."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def probe_step(task, model, data, recipe, pad_id: int, piece: list[int], device: torch.device,
+               precision: str) -> dict:
+    """Time one training step on `piece` (rows of the training split) after a warm-up step on a
+    few of its rows: forward, backward and the optimizer step (with clipping) separately."""
     from .loop import build_optimizer
 
-    lengths = np.asarray(data.lengths)
-    order = np.argsort(lengths)
-    p90 = int(order[min(len(order) - 1, int(0.9 * len(order)))])
-    near = order[max(0, np.searchsorted(lengths[order], lengths[p90]) - rows + 1):][:rows].tolist() or [p90]
+    lengths = data.lengths
     optimizer = build_optimizer(model, recipe.train)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     rss_before = psutil.Process().memory_info().rss
-    times, tokens = [], 0
-    for i in range(2):  # the first step pays one-time allocation and kernel selection
-        batch = task.collate(data, near, pad_id)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warm = sorted(piece, key=lambda i: int(lengths[i]))[:max(1, len(piece) // 4)]
+    for rows in (warm, piece):  # the warm-up pays one-time allocation, optimizer state, kernel selection
+        batch = {k: v.to(device) for k, v in task.collate(data, rows, pad_id).items()}
+        _sync(device)
         t0 = time.perf_counter()
-        loss = task.loss(model, batch)
+        with _autocast(device, precision):
+            loss = task.loss(model, batch)
+        _sync(device)
+        t1 = time.perf_counter()
         loss.backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        if recipe.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, recipe.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-        tokens = int(batch["attention_mask"].sum())
-    return {"rows": len(near), "tokens": tokens, "seconds": times[-1], "tokens_per_s": tokens / times[-1],
-            "rss_before": rss_before, "peak": max(_max_rss(), psutil.Process().memory_info().rss)}
+        _sync(device)
+        t3 = time.perf_counter()
+    tokens = int(batch["attention_mask"].sum())
+    out = {"rows": len(piece), "tokens": tokens, "padded": _padded(piece, lengths), "seconds": t3 - t0,
+           "forward_s": t1 - t0, "backward_s": t2 - t1, "optimizer_s": t3 - t2, "tokens_per_s": tokens / (t3 - t0),
+           "rss_before": rss_before, "peak": max(_max_rss(), psutil.Process().memory_info().rss)}
+    if device.type == "cuda":
+        out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
+    del optimizer, loss, batch
+    return out
 
 
 def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     from .. import hardware
+    from ..data.batching import sorted_batches
+    from ..recipe import eval_batch_size
     from .fast_dropout import use_fast_dropout
     from .loop import make_plan
     from .methods import apply_method, count_parameters
@@ -57,33 +126,57 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     torch.manual_seed(recipe.train.seed)
     tc = recipe.train
     plan = make_plan(len(prepared.train), tc)
+    device = torch.device("cuda" if hardware.device_type() == "cuda" else "cpu")
+    precision = hardware.resolve_precision(tc.precision)
     model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe, task)
     trainable, total = count_parameters(model)
-    if hardware.device_type() == "cpu":
+    if device.type == "cpu":
         use_fast_dropout(model)  # as the training loop does
-    probe = probe_step(task, model, prepared.train, recipe, tokenizer.pad_token_id, rows=min(tc.batch_size, 2))
+    cuda_before = 0
+    if device.type == "cuda":
+        model.to(device)  # the loop trains there (Accelerate moves it)
+        cuda_before = torch.cuda.memory_allocated(device)
     lengths = np.asarray(prepared.train.lengths)  # numpy already when the rows are streamed
-    # activations live for one piece of memory.micro_batch_tokens at a time, not the whole batch
-    budget = recipe.memory.token_budget(hardware.device_type())
-    width = max(1, probe["tokens"] // probe["rows"])
+    budget = recipe.memory.token_budget(device.type)
+    pieces, scale = epoch_layout(lengths, tc, budget)
+    probe = probe_step(task, model, prepared.train, recipe, tokenizer.pad_token_id, typical_piece(pieces, lengths),
+                       device, precision)
+    epochs = plan.total_steps / max(plan.steps_per_epoch, 1)
+    epoch_padded = sum(_padded(p, lengths) for p in pieces) * scale
+    per_token = (probe["forward_s"] + probe["backward_s"]) / max(probe["padded"], 1)
+    train_s = epoch_padded * epochs * per_token + plan.total_steps * probe["optimizer_s"]
+    # validation: forward passes only, at the evaluation batch size, no micro-batch cut
+    val_lengths = np.asarray(prepared.validation.lengths)
+    val_padded = sum(_padded(b, val_lengths) for b in sorted_batches(val_lengths, eval_batch_size(recipe)))
+    n_evals = evaluations(plan, tc.eval_every)
+    eval_s = n_evals * val_padded * probe["forward_s"] / max(probe["padded"], 1)
+    # activations live for one piece of memory.micro_batch_tokens at a time, not the whole batch:
+    # the probe's growth, scaled from its piece to the largest piece of the layout
+    width = max(1, probe["padded"] // max(probe["rows"], 1))
     live_rows = tc.batch_size if budget is None else min(tc.batch_size, max(1, budget // width))
+    largest = max((_padded(p, lengths) for p in pieces), default=probe["padded"])
+    grow = max(1.0, largest / max(probe["padded"], 1))
+    if device.type == "cuda":
+        # the probe's peak holds its gradients and Adam's moments already (allocated by the warm-up step)
+        peak = cuda_before + max(0, probe["cuda_peak"] - cuda_before) * grow
+        available = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
+    else:
+        step_growth = max(0, probe["peak"] - probe["rss_before"])
+        peak = probe["rss_before"] + step_growth * grow + trainable * 8  # + Adam's two moments
+        available = psutil.virtual_memory().available
     epoch_tokens = int(lengths.sum())
-    epochs = plan.total_steps / plan.steps_per_epoch
-    train_tokens = epoch_tokens * epochs
-    train_s = train_tokens / probe["tokens_per_s"]
-    # validation passes: forward only, about a third of a training step per token
-    n_evals = math.ceil(epochs) + (plan.total_steps // tc.eval_every if tc.eval_every else 0)
-    eval_s = n_evals * int(np.sum(prepared.validation.lengths)) / probe["tokens_per_s"] / 3
-    step_growth = max(0, probe["peak"] - probe["rss_before"])
-    peak = probe["rss_before"] + step_growth * live_rows / probe["rows"] + trainable * 8  # + Adam's two moments
     return {
         "rows": {"train": len(prepared.train), "validation": len(prepared.validation), "test": len(prepared.test)},
-        "train_tokens_per_epoch": epoch_tokens, "mean_length": epoch_tokens / max(len(lengths), 1),
+        "train_tokens_per_epoch": epoch_tokens, "padded_tokens_per_epoch": int(epoch_padded),
+        "mean_length": epoch_tokens / max(len(lengths), 1),
         "max_length": int(lengths.max()) if len(lengths) else 0, "epochs": round(epochs, 3), "steps": plan.total_steps,
         "steps_per_epoch": plan.steps_per_epoch, "trainable": trainable, "total": total,
-        "probe": {k: probe[k] for k in ("rows", "tokens", "seconds", "tokens_per_s")},
+        "probe": {k: round(probe[k], 4) if isinstance(probe[k], float) else probe[k]
+                  for k in ("rows", "tokens", "padded", "seconds", "forward_s", "backward_s", "optimizer_s",
+                            "tokens_per_s")},
+        "evaluations": n_evals,
         "estimated_train_seconds": round(train_s, 1), "estimated_eval_seconds": round(eval_s, 1),
-        "estimated_peak_bytes": int(peak), "available_bytes": psutil.virtual_memory().available,
+        "estimated_peak_bytes": int(peak), "available_bytes": int(available), "memory_on": device.type,
         "rows_per_forward": live_rows,
     }
 
@@ -102,10 +195,11 @@ def format_plan(p: dict, recipe, precision: str, where: str) -> str:
         + (f"; ~{p['rows_per_forward']} rows per forward (memory.micro_batch_tokens)"
            if p.get("rows_per_forward", tc.batch_size) < tc.batch_size else ""),
         f"  precision  {precision} on {where}",
-        f"  measured   {p['probe']['tokens_per_s']:,.0f} trained tokens/s ({p['probe']['rows']} rows, "
-        f"{p['probe']['tokens']} tokens in {p['probe']['seconds']:.2f} s)",
+        f"  measured   {p['probe']['tokens_per_s']:,.0f} trained tokens/s (a typical step after a warm-up: "
+        f"{p['probe']['rows']} rows, {p['probe']['tokens']} tokens in {p['probe']['seconds']:.2f} s)",
         f"  estimate   training ~{_duration(p['estimated_train_seconds'])}, validation ~"
-        f"{_duration(p['estimated_eval_seconds'])}; peak memory ~{p['estimated_peak_bytes'] / GIB:.1f} GiB "
+        f"{_duration(p['estimated_eval_seconds'])} ({p.get('evaluations', 0)} passes); peak "
+        f"{'GPU ' if p.get('memory_on') == 'cuda' else ''}memory ~{p['estimated_peak_bytes'] / GIB:.1f} GiB "
         f"({p['available_bytes'] / GIB:.1f} GiB available)",
     ]
     if p["estimated_peak_bytes"] > p["available_bytes"]:
