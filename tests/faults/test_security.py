@@ -30,6 +30,12 @@ def _calls(tree):
             yield node, owner, name, {k.arg: k.value for k in node.keywords}
 
 
+# The one place that runs code on purpose: a `python` grader's own source, which check_specs refuses
+# unless the grader says `trust_code: true` (tests/test_graders.py), as OpenAI's python grader runs
+# user code.
+RUNS_USER_CODE = {("rewards/code.py", "exec")}
+
+
 def test_source_never_unpickles_or_trusts_remote_code():
     """A scan of every module: the rules hold for code added later too."""
     problems = []
@@ -55,7 +61,8 @@ def test_source_never_unpickles_or_trusts_remote_code():
                 if isinstance(v, ast.Constant) and v.value is True:
                     problems.append(f"{where(node)} {key}=True")
             if isinstance(node.func, ast.Name) and name in ("eval", "exec"):
-                problems.append(f"{where(node)} {name}()")
+                if (str(path.relative_to(SRC)), name) not in RUNS_USER_CODE:
+                    problems.append(f"{where(node)} {name}()")
     assert problems == []
 
 
