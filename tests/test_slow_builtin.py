@@ -81,7 +81,9 @@ def test_smollm2_dpo_on_sst2_pairs_beats_the_base(tmp_path):
                           train={"epochs": 1, "lr": 5e-4, "batch_size": 8, "max_length": 128},
                           lora={"r": 16, "alpha": 32}, generate={"max_new_tokens": 4}, output=str(tmp_path / "run"))
     ev = tuneline.train(recipe).eval
-    assert ev["tuned"]["preference_accuracy"] > ev["baseline"]["preference_accuracy"] + 0.15, (ev["tuned"], ev["baseline"])
+    # measured here: 0.925 vs 0.725, margin 2.97 vs 0.37 (40 test pairs: one pair is 0.025)
+    assert ev["tuned"]["preference_accuracy"] > ev["baseline"]["preference_accuracy"] + 0.1, (ev["tuned"], ev["baseline"])
+    assert ev["tuned"]["logp_margin"] > ev["baseline"]["logp_margin"] + 1.0
     assert ev["forgetting"]["measured"]
 
 
