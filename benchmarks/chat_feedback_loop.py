@@ -59,8 +59,8 @@ def main() -> None:
     with TestClient(create_app(ServeSettings(run_dir=str(run), db_url=db))) as client:
         name = client.get("/v1/models").json()["data"][0]["id"]
         for i, conv in enumerate(questions):
-            prompt = [m for m in conv if m["role"] != "assistant"][:2]  # system + first user turn
-            prompt = prompt if prompt[-1]["role"] == "user" else [m for m in conv if m["role"] == "user"][:1]
+            first_user = next(i for i, m in enumerate(conv) if m["role"] == "user")
+            prompt = conv[:first_user + 1]  # a system turn if the chat has one, and the first question
             reply = client.post("/v1/chat/completions", json={"model": name, "messages": prompt,
                                                               "max_tokens": 64}).json()
             answer = reply["choices"][0]["message"]["content"]

@@ -216,3 +216,14 @@ def test_kto_without_a_disliked_answer_is_a_clear_error(served, tmp_path):
     with pytest.raises(UserError, match="nothing the challenger would learn from is undesirable"):
         retrain(run, db_url=db)
     assert not any((run / "versions").iterdir())  # no half-made version left to block the next retrain
+
+
+def test_feedback_on_conversations_a_training_row_cannot_hold_is_skipped():
+    from tuneline.serve.feedback import chat_feedback
+
+    two_users = [{"role": "user", "content": "hi"}, {"role": "user", "content": "anyone?"}]
+    ok = [{"role": "user", "content": "hi"}]
+    rows = [{"input": json.dumps(c), "output": json.dumps(["hello"]), "endpoint": "/v1/chat/completions", "item": 0,
+             "rating": "up", "corrected_answer": None, "created": float(i)} for i, c in enumerate([two_users, ok])]
+    fb = chat_feedback(rows)
+    assert fb.unusable == 1 and len(fb.thumbs_up) == 1 and fb.thumbs_up[0].prompt == ok

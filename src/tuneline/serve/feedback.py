@@ -86,6 +86,7 @@ class ChatFeedback:
     thumbs_down: list[Judged] = field(default_factory=list)
     hidden: Counter = field(default_factory=Counter)   # kind -> rows about requests stored without inputs
     no_answer: int = 0                                 # thumbs on a request whose answer was not stored
+    unusable: int = 0                                  # conversations training rows cannot hold (two user turns in a row)
 
     def counts(self) -> dict:
         return {k: len(getattr(self, k)) for k in KINDS}
@@ -97,6 +98,18 @@ class ChatFeedback:
         if objective == "dpo":
             return sum(1 for j in self.corrections if j.example().rejected is not None)
         return len(self.corrections)
+
+
+def _trainable(prompt: list[dict]) -> bool:
+    """The chat API accepts any order of turns; a training row needs system?, then user and assistant
+    in turn, ending with the user turn being answered (data.chat.check_order)."""
+    from ..data.chat import check_order
+
+    try:
+        check_order(prompt, "feedback", need_answer=False)
+    except UserError:
+        return False
+    return bool(prompt) and prompt[-1]["role"] == "user"
 
 
 def chat_feedback(rows: list[dict]) -> ChatFeedback:
@@ -115,6 +128,9 @@ def chat_feedback(rows: list[dict]) -> ChatFeedback:
             out.hidden[kind] += 1
             continue
         prompt = _conversation(fb)
+        if not _trainable(prompt):
+            out.unusable += 1
+            continue
         answer = _model_answer(fb)
         key = _norm(json.dumps(prompt))
         if fix:  # (a key keeps its first place: the order, and so the seeded split, is corrections()'s)

@@ -234,6 +234,9 @@ def _chat_plan(registry: Registry, db_url: str | None, recipe, task: Task, own: 
     if fb.no_answer:
         print(f"{fb.no_answer} ratings are about requests whose answer was not stored (failed requests): skipped.",
               flush=True)
+    if fb.unusable:
+        print(f"{fb.unusable} feedback rows are about conversations a training row cannot hold (turns not "
+              "alternating user / assistant, or not ending with the user's turn): skipped.", flush=True)
     usable = fb.usable(objective)
     if usable < opts.min_feedback:
         if objective == "sft":
