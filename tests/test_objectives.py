@@ -298,3 +298,18 @@ def test_dry_run_probes_an_objective(objective, tmp_path, tiny_llama):
     plan = tuneline.train(recipe, dry_run=True, output=tmp_path / "never")
     assert plan["steps"] > 0 and plan["estimated_train_seconds"] > 0
     assert not (tmp_path / "never").exists()
+
+
+def test_the_dpo_example_recipe_and_its_pairs_load():
+    from pathlib import Path
+
+    from tuneline.data.io import read_rows
+    from tuneline.data.preference import detect_preference_format, to_pair
+    from tuneline.recipe import load_recipe
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "support"
+    recipe, _ = load_recipe(folder / "dpo.yaml")
+    assert recipe.objective == "dpo" and recipe.dpo.sft_weight == 0.2
+    rows = read_rows(folder / "pairs.jsonl")
+    assert detect_preference_format(rows, "pairs") == "pairs"
+    assert all(to_pair(r, rows.where(i), "pairs").chosen for i, r in enumerate(rows.records))
