@@ -313,3 +313,19 @@ def test_the_dpo_example_recipe_and_its_pairs_load():
     rows = read_rows(folder / "pairs.jsonl")
     assert detect_preference_format(rows, "pairs") == "pairs"
     assert all(to_pair(r, rows.where(i), "pairs").chosen for i, r in enumerate(rows.records))
+
+
+def test_grpo_with_a_kl_penalty_logs_it(tmp_path, tiny_llama):
+    """grpo.beta > 0 under LoRA: the reference is the base with the adapter off; the KL is logged."""
+    rows = [{"messages": [{"role": "user", "content": f"question number {i}"}]} for i in range(12)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    recipe = write_recipe(tmp_path / "g.yaml", task="generate", model=str(tiny_llama), method="lora", objective="grpo",
+                          data={"train": "train.jsonl"}, generate={"max_new_tokens": 3},
+                          train={"max_steps": 3, "lr": 1e-2, "batch_size": 4, "max_length": 48, "log_every": 1},
+                          grpo={"num_generations": 4, "max_new_tokens": 3, "beta": 0.04},
+                          rewards=[{"type": "regex", "pattern": "[0-9]"}], eval={"forgetting": {"enabled": False}},
+                          output=str(tmp_path / "run"))
+    result = tuneline.train(recipe)
+    logs = [json.loads(x) for x in (result.path / "metrics.jsonl").read_text().splitlines()]
+    kls = [r["kl"] for r in logs if r["type"] == "train"]
+    assert len(kls) == 3 and kls[0] == pytest.approx(0, abs=1e-6) and all(k >= 0 for k in kls)
