@@ -92,3 +92,15 @@ def test_stratified_seeded_split(tmp_path):
     assert [r["text"] for r in held.records] == [r["text"] for r in held2.records]
     assert len(held) == 40 and sum(r["label"] == "b" for r in held.records) == 10
     assert not {r["text"] for r in keep.records} & {r["text"] for r in held.records}
+
+
+def test_too_few_rows_to_hold_out_a_split_is_a_clear_error(tmp_path):
+    import pytest
+
+    from tuneline.data.io import read_rows
+    from tuneline.data.split import split_rows
+    from tuneline.errors import UserError
+
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    with pytest.raises(UserError, match=r"t.jsonl: 1 rows, too few to hold out a test split.*data.test"):
+        split_rows(read_rows(tmp_path / "t.jsonl"), 0.1, 0, None, "test")

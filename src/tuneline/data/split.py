@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from ..errors import UserError
+
 
 def split_indices(n: int, size: float, seed: int, strata) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (when every class has 2+ rows), seeded split of row positions 0..n-1:
@@ -23,5 +25,8 @@ def split_indices(n: int, size: float, seed: int, strata) -> tuple[np.ndarray, n
 
 def split_rows(rows, size: float, seed: int, strata: list | None, name: str):
     """Split Rows (or a streamed split, which has the same `subset`): returns (kept, held_out)."""
+    if len(rows) < 3:  # nothing would be left to train on (scikit-learn's message names no file)
+        raise UserError(f"{rows.path}: {len(rows)} rows, too few to hold out a {name} split from; add rows or "
+                        f"give data.{name} as a file of its own")
     keep, held = split_indices(len(rows), size, seed, strata)
     return rows.subset(keep), rows.subset(held, path=f"{rows.path} ({name} split)")
