@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tuneline
-from tuneline.data.batching import split_by_tokens
+from tuneline.data.batching import padding_groups, split_by_tokens
 from tuneline.errors import UserError
 from tuneline.training.fast_dropout import FastDropout, use_fast_dropout
 from tuneline.recipe import recipe_from_dict
@@ -26,6 +26,35 @@ def test_split_respects_budget_and_keeps_every_row():
     assert [4] in pieces  # longer than the budget: alone
     assert split_by_tokens(rows, lengths, None) == [rows]
     assert split_by_tokens(rows, lengths, 10_000) == [sorted(rows, key=lambda i: -lengths[i])]
+
+
+def _padded_cost(groups, lengths, overhead):
+    return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+
+
+def test_padding_groups_are_the_cheapest_cut_of_the_sorted_rows():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for trial in range(40):
+        n = rng.randint(1, 9)
+        lengths = [rng.randint(1, 60) for _ in range(n)]
+        max_rows, overhead = rng.randint(1, 5), rng.choice([0, 8, 32])
+        groups = padding_groups(lengths, max_rows, overhead)
+        assert sorted(i for g in groups for i in g) == list(range(n))
+        assert all(1 <= len(g) <= max_rows for g in groups)
+        # brute force over every cut of the length-sorted rows
+        order = sorted(range(n), key=lambda i: -lengths[i])
+        best = min(_padded_cost([order[a:b] for a, b in zip((0,) + cuts, cuts + (n,))], lengths, overhead)
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+                   if all(b - a <= max_rows for a, b in zip((0,) + cuts, cuts + (n,))))
+        assert _padded_cost(groups, lengths, overhead) == best
+    assert padding_groups([], 4) == []
+    # texts of mixed lengths: splitting beats one pass padded to the longest
+    lengths = [55, 50, 48, 30, 25, 24, 22, 20, 12, 10, 8, 6, 5, 5]
+    groups = padding_groups(lengths, 64)
+    assert len(groups) > 1 and _padded_cost(groups, lengths, 32) < _padded_cost([list(range(14))], lengths, 32)
 
 
 def _weights(run_dir) -> dict:

@@ -78,6 +78,15 @@ def training_threads() -> tuple[int, str]:
     return n, note
 
 
+def serving_threads() -> int:
+    """Torch threads for a service's model when none are given: one core fewer than the machine
+    has, left to the event loop, the store's writer and clients on the same machine. An OpenMP
+    team that shares its cores with them waits on a descheduled thread at every parallel region:
+    MiniLM behind `tuneline serve` on 2 cores with one other busy process answered 43.8
+    requests/s with 2 threads and 159.7 with 1 (benchmarks/README.md, serving)."""
+    return max(1, physical_cores() - 1)
+
+
 def describe() -> dict:
     return {
         "device": device_type(),

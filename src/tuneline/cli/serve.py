@@ -25,7 +25,8 @@ def serve(
     max_tokens: int = typer.Option(512, min=1, help="cap on generated tokens per answer"),
     max_inputs: int = typer.Option(64, min=1, help="cap on texts per classify request / prompts per completion"),
     max_body_bytes: int = typer.Option(1_000_000, min=1024, help="cap on a request body"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads for the model (default: physical cores)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads for the model (default: physical cores - 1, "
+                                          "leaving one to the server)"),
     log_level: str = typer.Option("warning", help="uvicorn log level (info logs every request)"),
 ):
     """Serve a run: /v1/classify, OpenAI-compatible /v1/chat/completions and /v1/completions, /v1/feedback,
@@ -39,10 +40,11 @@ def serve(
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes,
                              limits=Limits(max_tokens=max_tokens, max_inputs=max_inputs))
     check_bind(host, settings.resolved_key())  # before the model loads: a refusal should be instant
-    if threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    from ..hardware import serving_threads
+
+    torch.set_num_threads(threads or serving_threads())
     app = create_app(settings)
     served = app.state.served
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"

@@ -129,7 +129,8 @@ def key_check(api_key: Optional[str]):
     """The dependency of every protected route: the bearer token must be the key (if one is set)."""
     bearer = HTTPBearer(auto_error=False)
 
-    def require_key(creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request
+    async def require_key(creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
         if api_key is None:
             return
         given = creds.credentials if creds else ""

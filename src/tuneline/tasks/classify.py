@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from ..data.batching import pad_batch, sorted_batches
+from ..data.batching import pad_batch, padding_groups
 from ..data.columns import LABEL_COLUMNS, TEXT_COLUMNS, guess_columns, pick_column, text_and_label
 from ..data.io import Rows
 from ..data.streaming import StreamedRows
@@ -185,7 +185,7 @@ class ClassifyTask(Task):
         was_training = model.training
         model.eval()
         out = torch.empty(len(input_ids), model.config.num_labels)
-        for idx in sorted_batches([len(x) for x in input_ids], batch_size):
+        for idx in padding_groups([len(x) for x in input_ids], batch_size):
             ids, mask = pad_batch([input_ids[i] for i in idx], pad_id)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             out[idx] = logits.float().cpu()
