@@ -175,22 +175,41 @@ def _cut_stream(url: str, payload: dict) -> str:
     return seen.decode(errors="replace")
 
 
-def test_client_leaving_mid_stream(gen_run, tmp_path):
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous-batching", "generate-per-stream"])
+def test_client_leaving_mid_stream(gen_run, tmp_path, monkeypatch, continuous):
     """Each cut stream leaves one 499 row with the text sent so far; its generation stops early, the
-    model thread is free again, and the requests around it are answered and recorded as usual."""
+    model thread is free again, and the requests around it are answered and recorded as usual.
+    Both ways of generating: continuous batching, and one `generate` per stream (models whose
+    cache continuous batching cannot handle)."""
+    from tuneline.serve import continuous as batching
+
     db = tmp_path / "monitor.db"
     max_tokens = 200
     app = create_app(ServeSettings(run_dir=str(gen_run), db_url=f"sqlite:///{db}",
                                    limits=Limits(max_tokens=max_tokens), drift_interval=3600))
     served = app.state.served
-    produced, original = [], served.generate_stream
+    assert served.current.continuous
+    served.current.continuous = continuous
+    produced = []
+    if continuous:
+        original = batching.Ask.result
 
-    def counting(*args, **kwargs):
-        results, version = original(*args, **kwargs)
-        produced.append(results[0]["completion_tokens"])
-        return results, version
+        def counting(self):
+            out = original(self)
+            if self.opts.max_new_tokens == max_tokens:  # the cut streams, not the short requests around them
+                produced.append(out["completion_tokens"])
+            return out
 
-    served.generate_stream = counting
+        monkeypatch.setattr(batching.Ask, "result", counting)
+    else:
+        original = served.generate_stream
+
+        def counting(*args, **kwargs):
+            results, version = original(*args, **kwargs)
+            produced.append(results[0]["completion_tokens"])
+            return results, version
+
+        served.generate_stream = counting
     cuts, answered = 5, []
     ask = {"messages": [{"role": "user", "content": "what is the code for sky"}], "max_tokens": max_tokens,
            "stream": True}

@@ -1,7 +1,9 @@
 """The served run's answers to requests, computed on the micro-batcher's model thread.
 
-What a run answers is asked of its task (`task.serves`): a task that chats generates the
-answer; a classifier answers chat and completions with the label of the last user turn.
+What a run answers is asked of its task (`task.serves`). Labels come from the micro-batcher;
+answers to chat and completions from continuous batching (`continuous.py`), or, for a model
+whose cache it cannot handle (`Version.continuous` false), from the micro-batcher's
+`model.generate` batches and one `generate` per stream.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import threading
 
 from .batcher import MicroBatcher
+from .continuous import ContinuousGenerator
 from .model import GenOptions, ServedModel
 from .schemas import Limits
 
@@ -19,6 +22,7 @@ class Answerer:
         self.served = served
         self.batcher = batcher
         self.limits = limits
+        self.generator = ContinuousGenerator(served, batcher.run_on_model_thread, max_rows=batcher.max_batch)
 
     @property
     def chats(self) -> bool:
@@ -43,10 +47,15 @@ class Answerer:
     async def answer(self, conversations: list[list[dict]], opts: GenOptions) -> tuple[list[dict], str]:
         """Per conversation: text, finish_reason, prompt and completion tokens; the version that
         answered. Only a run that chats gets here (routes/predictions.py refuses the others)."""
-        return await self.batcher.submit(opts, conversations)
+        if not self.served.current.continuous:
+            return await self.batcher.submit(opts, conversations)
+        answers = await asyncio.gather(*(self.generator.answer(c, opts) for c in conversations))
+        return [a[0][0] for a in answers], answers[0][1]
 
     def start_stream(self, conv: list[dict], opts: GenOptions, on_text, cancel: threading.Event) -> asyncio.Future:
         """Begin one answer, calling on_text(piece) as generated text becomes final; the future gives
         what `answer` gives."""
+        if self.served.current.continuous:
+            return asyncio.ensure_future(self.generator.answer(conv, opts, on_text, cancel))
         return asyncio.ensure_future(self.batcher.run_on_model_thread(
             self.served.generate_stream, conv, opts, on_text, cancel))

@@ -131,6 +131,15 @@ class Task:
                 options=None, system_prompt=None) -> list[dict]:
         raise NotImplementedError
 
+    def prompt_ids(self, tokenizer, conversation: list[dict], max_length: int | None = None) -> list[int]:
+        """Tasks that chat: the token ids generation starts from for `conversation` (ending with a
+        user turn), at most the last `max_length`. The service's continuous batching uses it."""
+        raise NotImplementedError
+
+    def stop_ids(self, model, tokenizer) -> set[int]:
+        """Tasks that chat: the token ids that end an answer."""
+        raise NotImplementedError
+
     # -- data: token cache and replay -----------------------------------------
     def encoding_options(self, recipe) -> dict:
         """The task's own recipe values that change the encoded rows (part of the token cache's key)."""

@@ -315,20 +315,12 @@ class GenerateTask(Task):
                  max_length: int | None = None, **generate_kwargs) -> list[str]:
         """Answers for conversations that end with a user turn: batched, left-padded, KV-cached.
         generate_kwargs go to `model.generate` (the service passes a streamer, stop strings)."""
-        ensure_chat_template(tokenizer)
         device = next(model.parameters()).device
-        prompts = [tokenizer(render_chat(tokenizer, c, gen=True), add_special_tokens=False)["input_ids"]
-                   for c in conversations]
-        if max_length:
-            prompts = [p[-max_length:] for p in prompts]
+        prompts = [self.prompt_ids(tokenizer, c, max_length) for c in conversations]
         was = model.training
         model.eval()
         out: list[str | None] = [None] * len(prompts)
-        eos = {tokenizer.eos_token_id}
-        gen_cfg = getattr(model, "generation_config", None)
-        if gen_cfg is not None and gen_cfg.eos_token_id is not None:
-            eos |= set(gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id])
-        eos.discard(None)
+        eos = self.stop_ids(model, tokenizer)
         # A temperature near 0 is greedy: logits divided by 1e-50 overflow to inf and sampling fails.
         sample = options.temperature >= GREEDY_BELOW
         for idx in sorted_batches([len(p) for p in prompts], batch_size):
@@ -350,6 +342,22 @@ class GenerateTask(Task):
                 out[i] = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True).strip()
         model.train(was)
         return out
+
+    def prompt_ids(self, tokenizer, conversation: list[dict], max_length: int | None = None) -> list[int]:
+        """The tokens a model answering `conversation` starts from: the chat template with the
+        assistant's turn opened, keeping the last `max_length` tokens."""
+        ensure_chat_template(tokenizer)
+        ids = tokenizer(render_chat(tokenizer, conversation, gen=True), add_special_tokens=False)["input_ids"]
+        return ids[-max_length:] if max_length else ids
+
+    def stop_ids(self, model, tokenizer) -> set[int]:
+        """Tokens that end an answer: the tokenizer's end of text and the model's generation_config ones."""
+        eos = {tokenizer.eos_token_id}
+        gen_cfg = getattr(model, "generation_config", None)
+        if gen_cfg is not None and gen_cfg.eos_token_id is not None:
+            eos |= set(gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id])
+        eos.discard(None)
+        return eos
 
     def _score(self, model, tokenizer, data: ChatEncoded, recipe, device, n_gen: int) -> tuple[dict, list[str]]:
         bs = eval_batch_size(recipe)
