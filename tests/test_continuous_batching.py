@@ -73,10 +73,38 @@ def test_joining_and_leaving_rows_give_each_answer_generate_gives_alone(served):
     assert gen.steps < sum(o.max_new_tokens for o in opts) - len(opts)  # steps were shared
 
 
-def test_the_runs_loop_breakers_apply_as_in_generate(served):
+def with_generate(served, **options) -> None:
     run = served.current.run
-    run.recipe = run.recipe.model_copy(update={"generate": run.recipe.generate.model_copy(
-        update={"repetition_penalty": 1.8, "no_repeat_ngram_size": 2})})
+    run.recipe = run.recipe.model_copy(update={"generate": run.recipe.generate.model_copy(update=options)})
+
+
+@pytest.mark.parametrize("system_prompt", [None, "You answer in colours only, briefly and kindly."])
+def test_prompts_prefill_after_the_shared_prefix_only(served, system_prompt):
+    """The chat template's opening and the system prompt are computed once per version; a prompt
+    that starts with them (not all do: a conversation with its own system turn) prefills the rest."""
+    with_generate(served, system_prompt=system_prompt)
+    gen = make_generator(served)
+    opts = GenOptions(10, 0.0, 1.0)
+    convs = [[{"role": "user", "content": q}] for q in QUESTIONS[:3]] + [
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": QUESTIONS[3]}]]
+
+    async def main():
+        first = asyncio.ensure_future(gen.answer(convs[0], opts))
+        await until(lambda: gen.steps >= 2)
+        return [await first] + list(await asyncio.gather(*(gen.answer(c, opts) for c in convs[1:])))
+
+    results = asyncio.run(main())
+    prefix = gen._prefix_of[1]
+    assert prefix is not None and len(prefix.ids) >= 4
+    run = served.current.run
+    prompts = [run.task.prompt_ids(run.tokenizer, served.with_system(run, c)) for c in convs]
+    assert [prefix.starts(p) for p in prompts] == [True, True, True, False]
+    for conv, (answer, _) in zip(convs, results):
+        assert answer[0]["text"] == served.generate(opts, [conv])[0][0]["text"]
+
+
+def test_the_runs_loop_breakers_apply_as_in_generate(served):
+    with_generate(served, repetition_penalty=1.8, no_repeat_ngram_size=2)
     gen = make_generator(served)
     opts = GenOptions(20, 0.0, 1.0)
 

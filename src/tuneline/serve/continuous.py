@@ -34,6 +34,7 @@ from .sampling import TextSoFar, next_tokens, processors
 # Prompt tokens prefilled in one step at most (one longer prompt still goes alone): a prefill
 # stalls every running answer for its duration, so a burst of long prompts is spread over steps.
 PREFILL_TOKENS = 1024
+MIN_PREFIX = 4  # shorter shared prefixes are prefilled with the rest
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ContinuousGenerator:
         self._waiting: deque[Ask] = deque()
         self._lock = threading.Lock()
         self._running = False
+        self._prefix_of: tuple[Version, kv_rows.Prefix | None] | None = None
         self.steps = 0                          # decoding steps run (metrics, tests)
 
     @staticmethod
@@ -152,26 +154,59 @@ class ContinuousGenerator:
         return new
 
     def _admit(self, version: Version, rows, asks: list[Ask], new: list[Ask]):
-        """Prefill the new prompts as one left-padded batch, pick their first tokens, join the rows
-        that go on to the running ones."""
+        """Prefill the new prompts, pick their first tokens, join the rows that go on to the running
+        ones. Prompts that start with the version's shared prefix prefill only what follows it."""
+        prefix = self._prefix(version)
+        shared = [a for a in new if prefix is not None and prefix.starts(a.prompt)]
+        others = [a for a in new if not any(a is b for b in shared)]
+        for group, start in ((shared, prefix), (others, None)):
+            if not group:
+                continue
+            added, group = self._prefill(version, group, start)
+            if added is not None:
+                rows, asks = (added, group) if rows is None else (kv_rows.join(rows, added, _pad_id(version)),
+                                                                  asks + group)
+        return rows, asks
+
+    def _prefill(self, version: Version, new: list[Ask], prefix: kv_rows.Prefix | None):
+        """One forward pass over the new prompts (left-padded; after the prefix's cached tokens if given)."""
         from ..data.batching import pad_batch
 
         run, model = version.run, version.run.model
-        pad = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
-        ids, mask = (t.to(model.device) for t in pad_batch([a.prompt for a in new], pad, side="left"))
-        cache = _new_cache(model)
+        skip = len(prefix.ids) if prefix is not None else 0
+        ids, mask = (t.to(model.device) for t in pad_batch([a.prompt[skip:] for a in new], _pad_id(version),
+                                                           side="left"))
+        cache = prefix.cache(len(new), _new_cache(model)) if prefix is not None else _new_cache(model)
+        if prefix is not None:  # [prefix, padding, rest of the prompt]: the mask keeps positions contiguous
+            mask = torch.cat([torch.ones(len(new), skip, dtype=mask.dtype, device=mask.device), mask], 1)
+            ids = torch.cat([prefix.ids_tensor(len(new), ids.device), ids], 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+            logits = model(input_ids=ids[:, skip:], attention_mask=mask, position_ids=positions[:, skip:],
                            **{_cache_arg(model): cache}, use_cache=True, **_last_logits_only(model)).logits[:, -1]
         for a in new:
             a.text = TextSoFar(run.tokenizer)
-        added, new = self._settle(version, kv_rows.Rows(cache, mask, ids), new, logits)
-        if added is None:
-            return rows, asks
-        if rows is None:
-            return added, new
-        return kv_rows.join(rows, added, pad), asks + new
+        return self._settle(version, kv_rows.Rows(cache, mask, ids), new, logits)
+
+    def _prefix(self, version: Version) -> kv_rows.Prefix | None:
+        """The tokens every prompt of this version starts with (chat template and system prompt),
+        and their cache, computed once per version: as vLLM's prefix caching, without its hashing."""
+        if self._prefix_of is None or self._prefix_of[0] is not version:
+            run = version.run
+            probes = [run.task.prompt_ids(run.tokenizer, self.served.with_system(run, [{"role": "user", "content": c}]))
+                      for c in ("x", "?")]
+            common = 0
+            while common < min(map(len, probes)) - 1 and probes[0][common] == probes[1][common]:
+                common += 1
+            prefix = None
+            if common >= MIN_PREFIX:
+                cache = _new_cache(run.model)
+                with torch.no_grad():
+                    run.model(input_ids=torch.tensor([probes[0][:common]], device=run.model.device),
+                              **{_cache_arg(run.model): cache}, use_cache=True)
+                prefix = kv_rows.Prefix(probes[0][:common], cache)
+            self._prefix_of = (version, prefix)
+        return self._prefix_of[1]
 
     def _step(self, version: Version, rows: kv_rows.Rows, asks: list[Ask]):
         """One decoding step for every row: feed each row's last token, pick its next one."""
@@ -233,6 +268,11 @@ def _deliver(ask: Ask, outcome) -> None:
             ask.future.set_result(outcome)
 
     ask.loop.call_soon_threadsafe(resolve)
+
+
+def _pad_id(version: Version) -> int:
+    pad = version.run.tokenizer.pad_token_id
+    return pad if pad is not None else 0
 
 
 def _new_cache(model):

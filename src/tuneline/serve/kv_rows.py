@@ -37,6 +37,28 @@ class Rows:
         return self.mask.sum(-1, keepdim=True)
 
 
+class Prefix:
+    """Tokens many prompts start with (the chat template's opening and the system prompt) and
+    their keys and values, computed once: a prompt that starts with them prefills only the rest.
+    Its rows are laid out [prefix, padding, rest of the prompt], the padding masked out."""
+
+    def __init__(self, ids: list[int], cache):
+        self.ids = list(ids)
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def starts(self, prompt: list[int]) -> bool:
+        return len(prompt) > len(self.ids) and prompt[:len(self.ids)] == self.ids
+
+    def cache(self, rows: int, empty):
+        """`empty` (a new cache) filled with the prefix for `rows` rows."""
+        for i, (k, v) in enumerate(self.layers):
+            empty.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+        return empty
+
+    def ids_tensor(self, rows: int, device) -> torch.Tensor:
+        return torch.tensor([self.ids], dtype=torch.long, device=device).expand(rows, -1)
+
+
 def supported(cache) -> bool:
     """Whether `cache` is one this module can join and cut: every layer a plain DynamicLayer."""
     from transformers.cache_utils import DynamicLayer
