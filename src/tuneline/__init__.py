@@ -22,11 +22,12 @@ def train(recipe, **kwargs):
     return _train(recipe, **kwargs)
 
 
-def load_run(path):
-    """Load a finished run folder for `predict(texts)` / `evaluate(data)`."""
+def load_run(path, device: str = "auto"):
+    """Load a finished run folder for `predict(texts)` / `evaluate(data)` / `generate(messages)`,
+    on a GPU when there is one (device="auto"), else the CPU."""
     from .inference import load_run as _load_run
 
-    return _load_run(path)
+    return _load_run(path, device)
 
 
 def evaluate(run_path, data=None) -> dict:

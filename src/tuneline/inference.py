@@ -9,12 +9,13 @@ import torch
 
 from .data.io import read_rows, resolve_data_path
 from .errors import UserError
+from .hardware import device_type
 from .runs import RunDir, inside
 from .tasks import task_of
 
 
 class LoadedRun:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, device: str = "auto"):
         self.run = RunDir(path)
         if not self.run.path.is_dir():
             raise UserError(f"{path}: run folder not found")
@@ -27,6 +28,8 @@ class LoadedRun:
         self.task = task_of(self.info)
         self.labels = self.info.get("labels")
         self.model, self.tokenizer = self._load()
+        # "auto": the GPU when there is one (predict, evaluate, serve), else the CPU
+        self.model.to(device_type() if device == "auto" else device)
         self.model.eval()
 
     def _load(self):
@@ -96,6 +99,7 @@ class LoadedRun:
         return result
 
 
-def load_run(path: str | Path) -> LoadedRun:
+def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
+    """device: "auto" (a GPU when present), "cpu", "cuda", ..."""
     torch.set_grad_enabled(True)
-    return LoadedRun(path)
+    return LoadedRun(path, device)

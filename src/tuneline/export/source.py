@@ -87,7 +87,7 @@ class Source:
 
 
 def open_source(run: str | Path) -> Source:
-    return Source(load_run(run))
+    return Source(load_run(run, device="cpu"))  # exporters read and convert the weights on the CPU
 
 
 def task_options(task, info: dict) -> dict:

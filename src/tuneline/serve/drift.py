@@ -71,7 +71,7 @@ def _centroid(embeddings, token_lists) -> np.ndarray:
     with torch.no_grad():
         for ids in token_lists:
             if ids:
-                vecs.append(embeddings(torch.tensor(ids)).mean(0).float().numpy())
+                vecs.append(embeddings(torch.tensor(ids, device=embeddings.weight.device)).mean(0).float().cpu().numpy())
     return np.mean(vecs, axis=0) if vecs else np.zeros(embeddings.embedding_dim)
 
 
