@@ -66,7 +66,7 @@ class Tally:
     """What the clients saw; appended to from asyncio tasks or threads (list.append is atomic)."""
 
     def __init__(self):
-        self.latencies, self.first_token, self.errors, self.sent = [], [], [], []
+        self.latencies, self.first_token, self.errors, self.sent, self.feedback = [], [], [], [], []
 
 
 def request_of(args, texts):
@@ -81,6 +81,22 @@ def first_content(line: str) -> bool:
         return False
     choice = json.loads(line[6:])["choices"][0]
     return bool(choice.get("delta", {}).get("content") or choice.get("text"))
+
+
+FEEDBACK_EVERY = 0  # --feedback-every: rate every k-th answer (its row must reach the store too)
+
+
+def feedback_of(n: int, rid: str | None) -> dict | None:
+    if not FEEDBACK_EVERY or n % FEEDBACK_EVERY or not rid:
+        return None
+    return {"request_id": rid, "rating": "up" if n % (2 * FEEDBACK_EVERY) else "down"}
+
+
+def count_feedback(r, tally: Tally) -> None:
+    if r.status_code == 200:
+        tally.feedback.append(1)
+    else:
+        tally.errors.append(f"feedback {r.status_code}: {r.text[:200]}")
 
 
 async def async_client(url, path, body_of, deadline, tally: Tally, i: int, stream: bool):
@@ -105,6 +121,8 @@ async def async_client(url, path, body_of, deadline, tally: Tally, i: int, strea
                     ok = r.status_code == 200
                 if ok:
                     tally.latencies.append(time.perf_counter() - t0)
+                    if fb := feedback_of(n, r.headers.get("x-request-id")):
+                        count_feedback(await c.post("/v1/feedback", json=fb), tally)
                 else:
                     tally.errors.append(f"{r.status_code}: {r.text[:200] if not stream else ''}")
             except httpx.HTTPError as e:
@@ -122,6 +140,8 @@ def thread_client(url, path, body_of, deadline, tally: Tally, i: int):
                 r = c.post(path, json=body_of(n))
                 if r.status_code == 200:
                     tally.latencies.append(time.perf_counter() - t0)
+                    if fb := feedback_of(n, r.headers.get("x-request-id")):
+                        count_feedback(c.post("/v1/feedback", json=fb), tally)
                 else:
                     tally.errors.append(f"{r.status_code}: {r.text[:200]}")
             except httpx.HTTPError as e:
@@ -203,6 +223,7 @@ def main() -> None:
     ap.add_argument("--client", choices=["asyncio", "threads"], default="asyncio")
     ap.add_argument("--stream", action="store_true", help="chat: stream the answers (first-token latency)")
     ap.add_argument("--max-tokens", type=int, default=64, help="chat: tokens per answer")
+    ap.add_argument("--feedback-every", type=int, default=0, metavar="K", help="rate every K-th answer (0: none)")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--batch-wait-ms", type=float, default=5)
     ap.add_argument("--threads", type=int, help="torch threads of the service (tuneline serve --threads)")
@@ -213,6 +234,8 @@ def main() -> None:
     if args.stream and (args.endpoint != "chat" or args.client != "asyncio"):
         ap.error("--stream is for --endpoint chat with the asyncio client")
 
+    global FEEDBACK_EVERY
+    FEEDBACK_EVERY = args.feedback_every
     texts = texts_of(args.data or run_test_rows(args.run)) or ["This is a test."]
     path, body_of = request_of(args, texts)
     tmp = Path(tempfile.mkdtemp(prefix="tuneline-load-"))
@@ -251,6 +274,7 @@ def main() -> None:
     con = sqlite3.connect(db)
     stored, stored_ok, out_tokens = con.execute(
         "select count(*), sum(status = 200), coalesce(sum(output_tokens), 0) from requests").fetchone()
+    feedback_rows = con.execute("select count(*) from feedback").fetchone()[0]
     con.close()
     sent = len(tally.sent)
     batches = next((float(l.split()[-1]) for l in metrics.splitlines() if l.startswith("tuneline_batch_size_count")), 0)
@@ -259,7 +283,8 @@ def main() -> None:
         "texts": len(texts), "seconds": round(wall, 1), "requests_sent": sent, "answered_ok": len(tally.latencies),
         "errors": len(tally.errors), "requests_per_s": round(len(tally.latencies) / wall, 1),
         "latency_ms": percentiles(tally.latencies), "rows_in_store": stored, "ok_rows_in_store": stored_ok,
-        "store_matches_sent": stored == sent, "server_exit": code, "cpu_count": os.cpu_count(),
+        "store_matches_sent": stored == sent, "feedback_sent": len(tally.feedback), "feedback_rows_in_store": feedback_rows,
+        "server_exit": code, "cpu_count": os.cpu_count(),
         "threads": args.threads, "load_average_1m": round(os.getloadavg()[0], 1),
     }
     if args.endpoint == "classify":
@@ -280,7 +305,7 @@ def main() -> None:
             print(summarise_profile(args.profile))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
-    if tally.errors or stored != sent:
+    if tally.errors or stored != sent or feedback_rows != len(tally.feedback):
         sys.exit(1)
 
 

@@ -235,3 +235,52 @@ def test_keep_drops_rows_and_the_padding_only_they_needed():
     assert left.mask.tolist() == [[1, 1]] and left.tokens.tolist() == [[5, 6, 7]]
     assert cache.layers[0].keys.flatten().tolist() == [2.0, 3.0]
     assert left.positions().tolist() == [[2]]
+
+
+def test_concurrent_streams_over_http_share_steps_and_are_all_recorded(run_dir, tmp_path):
+    """Through the real service: four streamed and two plain chat requests at once; every stream
+    ends with [DONE], each answer is what the request gets alone, every row is in the store."""
+    import json
+    import sqlite3
+    import threading
+
+    import httpx
+
+    from tuneline.serve.app import ServeSettings, create_app
+
+    from serve_helpers import LiveServer
+
+    db = tmp_path / "monitor.db"
+    app = create_app(ServeSettings(run_dir=str(run_dir), db_url=f"sqlite:///{db}", drift_interval=3600))
+    bodies = [{"messages": [{"role": "user", "content": q}], "max_tokens": 40, "stream": i < 4}
+              for i, q in enumerate(QUESTIONS + ["what is the code for rose"])]
+    texts: dict[int, str] = {}
+
+    def ask(i, url):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            if bodies[i]["stream"]:
+                with c.stream("POST", "/v1/chat/completions", json=bodies[i]) as r:
+                    lines = [l for l in r.iter_lines() if l.startswith("data: ")]
+                assert lines[-1] == "data: [DONE]"
+                chunks = [json.loads(l[6:])["choices"][0]["delta"].get("content", "") for l in lines[:-1]]
+                texts[i] = "".join(chunks)
+            else:
+                texts[i] = c.post("/v1/chat/completions", json=bodies[i]).json()["choices"][0]["message"]["content"]
+
+    with LiveServer(app) as server:
+        threads = [threading.Thread(target=ask, args=(i, server.url)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        metrics = httpx.get(f"{server.url}/metrics").text
+        alone_texts = {}
+        for i, b in enumerate(bodies):
+            r = httpx.post(f"{server.url}/v1/chat/completions", json={**b, "stream": False}, timeout=60)
+            alone_texts[i] = r.json()["choices"][0]["message"]["content"]
+    assert texts == alone_texts
+    steps = {l.split("le=")[1].split("}")[0].strip('"'): float(l.split()[-1])
+             for l in metrics.splitlines() if l.startswith("tuneline_decode_rows_bucket")}
+    assert steps["+Inf"] > steps["1.0"]  # some decoding steps advanced several answers at once
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from requests where status = 200").fetchone()[0] == 2 * len(bodies)

@@ -18,11 +18,12 @@ from .schemas import Limits
 
 
 class Answerer:
-    def __init__(self, served: ServedModel, batcher: MicroBatcher, limits: Limits):
+    def __init__(self, served: ServedModel, batcher: MicroBatcher, limits: Limits, on_step=None):
         self.served = served
         self.batcher = batcher
         self.limits = limits
-        self.generator = ContinuousGenerator(served, batcher.run_on_model_thread, max_rows=batcher.max_batch)
+        self.generator = ContinuousGenerator(served, batcher.run_on_model_thread, max_rows=batcher.max_batch,
+                                             on_step=on_step)
 
     @property
     def chats(self) -> bool:

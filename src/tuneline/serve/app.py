@@ -91,7 +91,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.served, app.state.store = served, store
     add_error_handlers(app, served, ledger)
     protected = [Depends(key_check(api_key))]
-    answerer = Answerer(served, batcher, settings.limits)
+    answerer = Answerer(served, batcher, settings.limits, on_step=metrics.decode_rows.observe)
     routers = [predictions_router(answerer, ledger, request_models(settings.limits), started, protected),
                feedback_router(served, ledger, protected),
                operations_router(served, batcher, drift, watcher, metrics, started, protected),

@@ -58,8 +58,11 @@ class Ask:
 
 
 class ContinuousGenerator:
-    def __init__(self, served: ServedModel, run_on_model_thread, max_rows: int = 64):
+    def __init__(self, served: ServedModel, run_on_model_thread, max_rows: int = 64,
+                 on_step: Callable[[int], None] | None = None):
+        """on_step(rows): called after every decoding step (the service's metrics)."""
         self.served = served
+        self.on_step = on_step
         self.run_on_model_thread = run_on_model_thread
         self.max_rows = max_rows
         self._waiting: deque[Ask] = deque()
@@ -216,6 +219,8 @@ class ContinuousGenerator:
             logits = model(input_ids=rows.tokens[:, -1:], attention_mask=mask, position_ids=rows.positions(),
                            **{_cache_arg(model): rows.cache}, use_cache=True, **_last_logits_only(model)).logits[:, -1]
         self.steps += 1
+        if self.on_step is not None:
+            self.on_step(rows.size)
         return self._settle(version, kv_rows.Rows(rows.cache, mask, rows.tokens), asks, logits)
 
     def _settle(self, version: Version, rows: kv_rows.Rows, asks: list[Ask], logits: torch.Tensor):

@@ -28,6 +28,8 @@ class Metrics:
         self.tokens = Counter("tuneline_tokens", "tokens read (input) and generated (output)", ["kind"], registry=r)
         self.batch_size = Histogram("tuneline_batch_size", "inputs per model batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.decode_rows = Histogram("tuneline_decode_rows", "answers advanced by one decoding step (continuous batching)",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.in_flight = Gauge("tuneline_in_flight_requests", "requests being answered", registry=r)
         self.model_info = Gauge("tuneline_model_info", "1 for the version being served", ["version"], registry=r)
         self.drift_alert = Gauge("tuneline_drift_alert", "1 while a drift check is over its alert threshold",
