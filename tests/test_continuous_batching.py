@@ -181,6 +181,29 @@ def test_a_model_it_cannot_batch_is_answered_one_at_a_time(served):
     assert gen.steps == 0
 
 
+def test_a_failed_step_fails_its_answers_and_the_next_are_served(served, monkeypatch):
+    gen = make_generator(served)
+    real, calls = ContinuousGenerator._step, []
+
+    def failing_once(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, *args)
+
+    monkeypatch.setattr(ContinuousGenerator, "_step", failing_once)
+    opts = GenOptions(20, 0.0, 1.0)
+
+    async def main():
+        held = await asyncio.gather(*(gen.answer([{"role": "user", "content": q}], opts) for q in QUESTIONS[:3]),
+                                    return_exceptions=True)
+        return held, await gen.answer([{"role": "user", "content": QUESTIONS[3]}], opts)
+
+    held, later = asyncio.run(main())
+    assert all(isinstance(h, RuntimeError) for h in held), held
+    assert later[0][0]["text"] == alone(served, QUESTIONS[3], opts)["text"]
+
+
 def test_supports_plain_caches_only(served):
     from transformers import MistralConfig, MistralForCausalLM
 

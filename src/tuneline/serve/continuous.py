@@ -19,6 +19,7 @@ joining and leaving it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 from collections import deque
@@ -103,7 +104,7 @@ class ContinuousGenerator:
 
     # -- the model thread ----------------------------------------------------------
     def _drain(self) -> None:
-        rows, asks, version = None, [], None
+        rows, asks, version, new = None, [], None, []
         try:
             while True:
                 with self._lock:
@@ -112,18 +113,19 @@ class ContinuousGenerator:
                         return
                     if rows is None:
                         version = self.served.current
-                    new = self._admissible(version, len(asks)) if version.continuous else self._waiting.popleft()
+                    new = self._admissible(version, len(asks)) if version.continuous else [self._waiting.popleft()]
                 if not version.continuous:  # swapped to a model this loop cannot batch: one at a time
-                    self._alone(new)
+                    self._alone(new[0])
                     continue
                 if new:  # first: a new answer's first token should not wait for a step of the others
                     rows, asks = self._admit(version, rows, asks, new)
+                    new = []
                 if rows is not None:
                     rows, asks = self._step(version, rows, asks)
         except BaseException as e:  # a failed step fails the requests it held, never the service
             with self._lock:
-                failed, self._waiting, self._running = asks + list(self._waiting), deque(), False
-            for ask in failed:
+                failed, self._waiting, self._running = asks + new + list(self._waiting), deque(), False
+            for ask in failed:  # (an answer already delivered keeps its result)
                 _deliver(ask, e)
             raise
 
@@ -289,10 +291,15 @@ def _new_cache(model):
         return DynamicCache()
 
 
+@functools.lru_cache(maxsize=16)
+def _forward_parameters(model_class) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
 def _cache_arg(model) -> str:
     """transformers 5.2x renamed the forward's `past_key_values` to `cache`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
 
 
 def _last_logits_only(model) -> dict:
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(type(model)) else {}
