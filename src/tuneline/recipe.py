@@ -326,6 +326,15 @@ class MemoryOptions(_Strict):
             return v
         raise ValueError(f"{v!r} is not a token budget; use auto, null, or a whole number of 8 or more")
 
+    packing: Union[Literal["auto"], bool] = Field(
+        "auto", description="lay a batch's rows end to end in sequences of at most train.max_length tokens, "
+        "attention kept inside each row, instead of padding them to the longest (the same loss; tasks and "
+        "models that support it: generate with sft on Llama, Mistral, Qwen2/3). auto: on a GPU, where padding "
+        "costs most; a CPU already cuts batches into length-sorted pieces")
+
+    def packs(self, device_type: str) -> bool:
+        return device_type != "cpu" if self.packing == "auto" else self.packing
+
     def token_budget(self, device_type: str) -> int | None:
         if self.micro_batch_tokens == "auto":
             return 1024 if device_type == "cpu" else None

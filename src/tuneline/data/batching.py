@@ -92,3 +92,46 @@ def split_by_tokens(rows: list[int], lengths, budget: int | None) -> list[list[i
         else:
             pieces.append([i])
     return pieces
+
+
+def pack_rows(rows: list[int], lengths, capacity: int) -> list[list[int]]:
+    """Rows laid end to end into sequences of at most `capacity` tokens (first fit, longest rows
+    first; a row longer than `capacity` goes alone). Every row appears once; the order inside a
+    sequence is the order rows were placed. Packing removes the padding of a batch: 64 chat rows of
+    at most 512 tokens (165 on average) padded to the longest compute 3x the tokens they hold."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(rows, key=lambda r: -int(lengths[r])):
+        n = int(lengths[i])
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - n)
+    return bins
+
+
+def packed_batch(seqs: list[list[int]], labels: list[list[int]], bins: list[list[int]], pad_id: int,
+                 ignore: int) -> dict:
+    """The packed sequences of `bins` (indices into seqs/labels) as a batch: input_ids, position_ids
+    that restart at 0 for every row (transformers then keeps attention inside each row) and labels
+    with each row's first token ignored (it is not predicted from the row before). No
+    attention_mask: its absence is what tells transformers the rows are packed. Sequences are
+    right-padded to the longest with pad tokens of positions 0.. (a row of their own, ignored)."""
+    width = max(sum(len(seqs[i]) for i in b) for b in bins)
+    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(bins), width), dtype=torch.long)
+    lab = torch.full((len(bins), width), ignore, dtype=torch.long)
+    for row, b in enumerate(bins):
+        at = 0
+        for i in b:
+            n = len(seqs[i])
+            ids[row, at:at + n] = torch.tensor(seqs[i], dtype=torch.long)
+            pos[row, at:at + n] = torch.arange(n)
+            lab[row, at + 1:at + n] = torch.tensor(labels[i][1:], dtype=torch.long)
+            at += n
+        pos[row, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "position_ids": pos, "labels": lab}

@@ -92,6 +92,14 @@ class Task:
     def collate(self, data, idx: list[int], pad_id: int) -> dict:
         raise NotImplementedError
 
+    def packs(self, model) -> bool:
+        """Whether `collate_packed` can lay rows end to end for this model (memory.packing)."""
+        return False
+
+    def collate_packed(self, data, bins: list[list[int]], pad_id: int) -> dict:
+        """A batch of packed sequences, each the rows of one bin end to end (tasks that pack)."""
+        raise NotImplementedError
+
     def loss_items(self, batch: dict) -> int:
         """How many terms the mean loss of `batch` averages (pieces of a batch are weighted by it)."""
         raise NotImplementedError

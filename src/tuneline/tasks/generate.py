@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..data.batching import pad_batch, sorted_batches
+from ..data.batching import pad_batch, packed_batch, sorted_batches
 from ..data.chat import (IGNORE, detect_format, encode_conversation, ensure_chat_template, render_chat, to_messages,
                          with_system)
 from ..data.io import Rows
@@ -265,6 +265,14 @@ class GenerateTask(Task):
     def collate(self, data: ChatEncoded, idx: list[int], pad_id: int) -> dict:
         return collate_chat(data, idx, pad_id)
 
+    def packs(self, model) -> bool:
+        """Rows can be packed end to end for this model: the architectures whose forward keeps
+        attention inside each packed row from restarting position ids (transformers' masks)."""
+        return _body_and_head(model) is not None
+
+    def collate_packed(self, data: ChatEncoded, bins: list[list[int]], pad_id: int) -> dict:
+        return packed_batch(data.input_ids, data.labels, bins, pad_id, IGNORE)
+
     def loss_items(self, batch: dict) -> int:
         """How many terms the mean loss of `batch` averages: its answer tokens (after the shift)."""
         return int((batch["labels"][:, 1:] != IGNORE).sum())
@@ -276,7 +284,9 @@ class GenerateTask(Task):
         body, head = parts
         # The output layer only where the loss counts: full-vocabulary logits for every
         # position (prompts included) are most of the activation memory of a small model.
-        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        # Packed rows come with position ids and no mask; no cache, which would hide the packing.
+        where = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+        hidden = body(input_ids=batch["input_ids"], use_cache=False, **where).last_hidden_state
         labels = batch["labels"][:, 1:]
         keep = labels != IGNORE
         logits = head(hidden[:, :-1][keep]).float()

@@ -18,6 +18,9 @@ class ObjectiveParts:
     objective: str
     _opts = None
 
+    def packs(self, model) -> bool:
+        return False  # their batches hold pairs or groups whose sequences are compared side by side
+
     def objective_options(self, recipe):
         """The objective's recipe section, remembered for the loss: every path that encodes rows,
         trains or evaluates passes through here with the run's recipe first."""

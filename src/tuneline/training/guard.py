@@ -1,9 +1,10 @@
 """The divergence guard: stop a run whose loss or gradients are no longer numbers, or whose
 loss climbs far above where it has been, before a broken model is written as a success.
 
-The loop calls it at three points (each micro-batch's loss, the step's gradient norm, the
-step's mean loss) and at each evaluation. Its running figures live in the loop state under
-"guard", so they are checkpointed with it and a resumed run keeps watching from where it was.
+The loop calls it at three points (the step's loss after backward and before the optimizer
+step, the step's gradient norm, the step's mean loss for the trend) and at each evaluation. Its
+running figures live in the loop state under "guard", so they are checkpointed with it and a
+resumed run keeps watching from where it was.
 On divergence it records the step in run.json and diagnostics.json and raises RunFailed; the
 checkpoints saved before (last and best) are left as they are, and no model is written.
 """
@@ -34,7 +35,7 @@ class DivergenceGuard:
 
     # -- the checks ---------------------------------------------------------
     def check_loss(self, loss: float, step: int, state: dict) -> None:
-        """A micro-batch's loss, before backward: a non-finite loss can never be trained on."""
+        """The step's loss, before the optimizer step: a non-finite loss can never be trained on."""
         if not math.isfinite(loss):
             self.fail(f"the training loss is {loss}", step, state)
 

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from . import distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
-from ..data.batching import epoch_batches, split_by_tokens
+from ..data.batching import epoch_batches, pack_rows, split_by_tokens
+from ..errors import UserError
 from ..evaluation import direction
 from .fast_dropout import use_fast_dropout
 from .guard import DivergenceGuard
@@ -136,6 +137,7 @@ class Trainer:
         self.mode = es.resolved_mode() if es else direction.mode(self.watch)
         self.main = distributed.is_main()
         self._place_model()
+        self.packing = self._packing()
         # after sharding: the optimizer must hold the sharded parameters
         self.optimizer = build_optimizer(self.model, self.tc)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.plan)
@@ -164,18 +166,40 @@ class Trainer:
             # gradients are averaged by hand (see distributed.py), so no DDP wrapper
             self.model = self.model.to(self.acc.device)
 
+    def _packing(self) -> bool:
+        """memory.packing for this run: auto packs on a GPU where the task and model can."""
+        mem = self.recipe.memory
+        if not mem.packs(self.acc.device.type):
+            return False
+        if self.task.packs(self.model):
+            return True
+        if mem.packing is True:
+            what = f"objective {self.task.objective}" if self.task.objective != "sft" else \
+                f"task {self.task.name} on a {getattr(self.model.config, 'model_type', '?')} model"
+            raise UserError(f"memory.packing: true: {what} cannot pack rows; set memory.packing: auto or false")
+        return False
+
     # -- helpers ---------------------------------------------------------------
-    def _pieces(self, rows: list[int], lengths) -> list[tuple[dict, float]]:
-        """A batch as (micro-batch, share of its loss) pairs under memory.micro_batch_tokens. The
-        shares are each piece's part of the loss's terms (answer tokens, rows), so the summed
-        gradients equal the whole batch's."""
-        pieces = [self.task.collate(self.train_data, p, self.pad_id) for p in split_by_tokens(rows, lengths, self.budget)]
-        items = [self.task.loss_items(b) for b in pieces]
+    def _pieces(self, rows: list[int], lengths) -> list[tuple[dict, float, int, int]]:
+        """A batch as (micro-batch, share of its loss, real tokens, computed tokens) under
+        memory.micro_batch_tokens, packed when memory.packing is on. The shares are each piece's
+        part of the loss's terms (answer tokens, rows), so the summed gradients equal the whole
+        batch's. Token counts come from the CPU tensors: no read-back from the device."""
+        pieces = []
+        for part in split_by_tokens(rows, lengths, self.budget):
+            if self.packing:
+                b = self.task.collate_packed(self.train_data, pack_rows(part, lengths, self.tc.max_length), self.pad_id)
+                pieces.append((b, sum(int(lengths[i]) for i in part), b["input_ids"].numel()))
+            else:
+                b = self.task.collate(self.train_data, part, self.pad_id)
+                pieces.append((b, int(b["attention_mask"].sum()), b["attention_mask"].numel()))
+        items = [self.task.loss_items(b) for b, _, _ in pieces]
         total = sum(items)
-        out = [(b, k / total) for b, k in zip(pieces, items) if k] if total else [(pieces[0], 0.0)]
+        out = [(b, k / total, r, c) for (b, r, c), k in zip(pieces, items) if k] if total else \
+            [(pieces[0][0], 0.0, 0, 0)]
         if self.sharded:
             # FSDP gathers weights in every forward: all ranks must run as many; extra ones count nothing
-            out += [(out[0][0], 0.0)] * (distributed.all_max(len(out)) - len(out))
+            out += [(out[0][0], 0.0, 0, 0)] * (distributed.all_max(len(out)) - len(out))
         return out
 
     def run_model(self, fn):
@@ -273,34 +297,35 @@ class Trainer:
     def _step(self, group: list[list[int]], state: dict) -> tuple[float, float | None]:
         """Forward and backward over every piece of the group's batches, gradients averaged over
         the processes and clipped, the optimizer step. Returns (mean loss, gradient norm or None)."""
-        step_loss = 0.0
-        for rows in group:
-            step_loss += self._backward(rows, len(group), state)
+        losses = [self._backward(rows, len(group), state) for rows in group]
+        # The step's loss is read back once, here, not per micro-batch (each read waits for the
+        # GPU). A non-finite one stops the run before the optimizer touches a weight.
+        step_loss = float(torch.stack(losses).sum())
         if distributed.active():
             if not self.sharded:  # FSDP has reduce-scattered and averaged them already
                 distributed.average_gradients(self.trainable)
             step_loss = distributed.all_sum([step_loss])[0] / distributed.world()[1]
+        self.guard.check_loss(step_loss, state["step"] + 1, state)
         grad_norm = self._clip(state)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, grad_norm
 
-    def _backward(self, rows: list[int], accum: int, state: dict) -> float:
+    def _backward(self, rows: list[int], accum: int, state: dict) -> torch.Tensor:
         """One batch's pieces, forward and backward (this process's share of its rows); counts
-        its tokens into the state. Returns the batch's part of the step's mean loss."""
+        its tokens into the state. Returns the batch's part of the step's mean loss, on the device."""
         rows, weight = distributed.shard(rows) if distributed.active() else (rows, 1.0)
-        batch_loss, real, computed = 0.0, 0, 0
-        for batch, share in self._pieces(rows, self.train_data.lengths):
-            batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+        batch_loss, real, computed = torch.zeros((), device=self.acc.device), 0, 0
+        for batch, share, piece_real, piece_computed in self._pieces(rows, self.train_data.lengths):
+            batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
             with self.acc.autocast():
                 loss = self.run_model(lambda m: self.task.loss(m, batch)) * (weight * share)
-            self.guard.check_loss(loss.item() / share if share else 0.0, state["step"] + 1, state)
             self.acc.backward(loss / accum)
-            batch_loss += loss.item() / accum
+            batch_loss = batch_loss + loss.detach().float() / accum
             if weight and share:
-                real += int(batch["attention_mask"].sum())
-                computed += batch["attention_mask"].numel()
+                real += piece_real
+                computed += piece_computed
         if distributed.active():
             real, computed = (int(v) for v in distributed.all_sum([real, computed]))
         state["tokens"] += real
