@@ -74,29 +74,37 @@ def test_packed_and_padded_rows_give_the_same_loss_and_gradients(tiny_llama):
         assert torch.allclose(grads_a[n], grads_b[n], atol=1e-5), n
 
 
-def test_a_packed_run_trains_as_the_padded_one(tmp_path, tiny_llama):
+def _recipe(tmp_path, tiny_llama, packing: bool, **train):
     rows = [{"messages": [{"role": "user", "content": "say " + " ".join(["word"] * (i * 7 % 23 + 1))},
                           {"role": "assistant", "content": " ".join(["ok"] * (i % 5 + 1)) + f" {i}"}]}
             for i in range(24)]
     write_jsonl(tmp_path / "train.jsonl", rows)
-    runs = {}
-    for packing in (False, True):
-        out = tmp_path / f"packing-{packing}"
-        recipe = write_recipe(
-            tmp_path / f"{packing}.yaml", task="generate", model=str(tiny_llama), method="lora",
-            data={"train": "train.jsonl", "test": "train.jsonl"},
-            train={"max_steps": 3, "lr": 1e-3, "batch_size": 8, "max_length": 64, "log_every": 1, "dropout": 0.0,
-                   "precision": "fp32", "group_by_length": False}, lora={"dropout": 0.0},
-            memory={"packing": packing, "micro_batch_tokens": None}, eval={"max_samples": 2},
-            generate={"max_new_tokens": 2}, output=str(out))
-        tuneline.train(recipe)
-        runs[packing] = out
+    return write_recipe(
+        tmp_path / f"{packing}.yaml", task="generate", model=str(tiny_llama), method="lora",
+        data={"train": "train.jsonl", "test": "train.jsonl"},
+        train={"lr": 1e-3, "batch_size": 8, "max_length": 64, "log_every": 1, "dropout": 0.0, "precision": "fp32",
+               "group_by_length": False, **train}, lora={"dropout": 0.0},
+        memory={"packing": packing, "micro_batch_tokens": None}, eval={"max_samples": 2},
+        generate={"max_new_tokens": 2}, output=str(tmp_path / f"packing-{packing}"))
+
+
+def test_a_packed_run_trains_as_the_padded_one(tmp_path, tiny_llama):
+    runs = {packing: tuneline.train(_recipe(tmp_path, tiny_llama, packing, max_steps=3)).path
+            for packing in (False, True)}
     padded, packed = (json.loads((runs[k] / "run.json").read_text()) for k in (False, True))
     assert packed["trained_tokens"] == padded["trained_tokens"]
     assert packed["computed_tokens"] < padded["computed_tokens"]  # the padding is gone
     losses = [[json.loads(l)["loss"] for l in (runs[k] / "metrics.jsonl").read_text().splitlines()
                if json.loads(l)["type"] == "train"] for k in (False, True)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_the_dry_run_plans_the_packed_layout(tmp_path, tiny_llama):
+    recipe = _recipe(tmp_path, tiny_llama, True, epochs=1)
+    plan = tuneline.train(recipe, dry_run=True)
+    assert plan["packed"]
+    manifest = json.loads((tuneline.train(recipe).path / "run.json").read_text())
+    assert abs(manifest["computed_tokens"] - plan["padded_tokens_per_epoch"]) <= 0.15 * manifest["computed_tokens"]
 
 
 def test_packing_auto_is_for_gpus_and_true_is_refused_where_rows_cannot_pack(tmp_path, tiny_llama):

@@ -29,9 +29,17 @@ def _max_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _padded(rows: list[int], lengths) -> int:
-    """Tokens a piece computes: its rows padded to the longest (the collators pad to the batch's longest)."""
-    return len(rows) * max(int(lengths[i]) for i in rows) if rows else 0
+def _padded(rows: list[int], lengths, packed_to: int | None = None) -> int:
+    """Tokens a piece computes: its rows padded to the longest (the collators pad to the batch's
+    longest), or, packed into sequences of `packed_to` tokens, those sequences padded to the longest."""
+    if not rows:
+        return 0
+    if packed_to:
+        from ..data.batching import pack_rows
+
+        bins = pack_rows(rows, lengths, packed_to)
+        return len(bins) * max(sum(int(lengths[i]) for i in b) for b in bins)
+    return len(rows) * max(int(lengths[i]) for i in rows)
 
 
 def epoch_layout(lengths, tc, budget: int | None) -> tuple[list[list[int]], float]:
@@ -45,11 +53,11 @@ def epoch_layout(lengths, tc, budget: int | None) -> tuple[list[list[int]], floa
     return pieces, len(batches) / max(len(sample), 1)
 
 
-def typical_piece(pieces: list[list[int]], lengths) -> list[int]:
+def typical_piece(pieces: list[list[int]], lengths, packed_to: int | None = None) -> list[int]:
     """The piece of median padded size: the work of a typical step, not the longest rows."""
     if not pieces:
         return [0]
-    sizes = [_padded(p, lengths) for p in pieces]
+    sizes = [_padded(p, lengths, packed_to) for p in pieces]
     return pieces[sorted(range(len(pieces)), key=sizes.__getitem__)[len(pieces) // 2]]
 
 
@@ -75,9 +83,11 @@ def _sync(device: torch.device) -> None:
 
 
 def probe_step(task, model, data, recipe, pad_id: int, piece: list[int], device: torch.device,
-               precision: str) -> dict:
+               precision: str, packed_to: int | None = None) -> dict:
     """Time one training step on `piece` (rows of the training split) after a warm-up step on a
-    few of its rows: forward, backward and the optimizer step (with clipping) separately."""
+    few of its rows: forward, backward and the optimizer step (with clipping) separately; the rows
+    packed into sequences of `packed_to` tokens when the loop packs them."""
+    from ..data.batching import pack_rows
     from .loop import build_optimizer
 
     lengths = data.lengths
@@ -89,7 +99,9 @@ def probe_step(task, model, data, recipe, pad_id: int, piece: list[int], device:
         torch.cuda.reset_peak_memory_stats(device)
     warm = sorted(piece, key=lambda i: int(lengths[i]))[:max(1, len(piece) // 4)]
     for rows in (warm, piece):  # the warm-up pays one-time allocation, optimizer state, kernel selection
-        batch = {k: v.to(device) for k, v in task.collate(data, rows, pad_id).items()}
+        cpu_batch = task.collate_packed(data, pack_rows(rows, lengths, packed_to), pad_id) if packed_to else \
+            task.collate(data, rows, pad_id)
+        batch = {k: v.to(device) for k, v in cpu_batch.items()}
         _sync(device)
         t0 = time.perf_counter()
         with _autocast(device, precision):
@@ -105,8 +117,8 @@ def probe_step(task, model, data, recipe, pad_id: int, piece: list[int], device:
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
         t3 = time.perf_counter()
-    tokens = int(batch["attention_mask"].sum())
-    out = {"rows": len(piece), "tokens": tokens, "padded": _padded(piece, lengths), "seconds": t3 - t0,
+    tokens = sum(int(lengths[i]) for i in piece) if packed_to else int(batch["attention_mask"].sum())
+    out = {"rows": len(piece), "tokens": tokens, "padded": _padded(piece, lengths, packed_to), "seconds": t3 - t0,
            "forward_s": t1 - t0, "backward_s": t2 - t1, "optimizer_s": t3 - t2, "tokens_per_s": tokens / (t3 - t0),
            "rss_before": rss_before, "peak": max(_max_rss(), psutil.Process().memory_info().rss)}
     if device.type == "cuda":
@@ -139,10 +151,11 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     lengths = np.asarray(prepared.train.lengths)  # numpy already when the rows are streamed
     budget = recipe.memory.token_budget(device.type)
     pieces, scale = epoch_layout(lengths, tc, budget)
-    probe = probe_step(task, model, prepared.train, recipe, tokenizer.pad_token_id, typical_piece(pieces, lengths),
-                       device, precision)
+    packed_to = tc.max_length if recipe.memory.packs(device.type) and task.packs(model) else None
+    probe = probe_step(task, model, prepared.train, recipe, tokenizer.pad_token_id,
+                       typical_piece(pieces, lengths, packed_to), device, precision, packed_to)
     epochs = plan.total_steps / max(plan.steps_per_epoch, 1)
-    epoch_padded = sum(_padded(p, lengths) for p in pieces) * scale
+    epoch_padded = sum(_padded(p, lengths, packed_to) for p in pieces) * scale
     per_token = (probe["forward_s"] + probe["backward_s"]) / max(probe["padded"], 1)
     train_s = epoch_padded * epochs * per_token + plan.total_steps * probe["optimizer_s"]
     # validation: forward passes only, at the evaluation batch size, no micro-batch cut
@@ -154,7 +167,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     # the probe's growth, scaled from its piece to the largest piece of the layout
     width = max(1, probe["padded"] // max(probe["rows"], 1))
     live_rows = tc.batch_size if budget is None else min(tc.batch_size, max(1, budget // width))
-    largest = max((_padded(p, lengths) for p in pieces), default=probe["padded"])
+    largest = max((_padded(p, lengths, packed_to) for p in pieces), default=probe["padded"])
     grow = max(1.0, largest / max(probe["padded"], 1))
     if device.type == "cuda":
         # the probe's peak holds its gradients and Adam's moments already (allocated by the warm-up step)
@@ -177,7 +190,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
         "evaluations": n_evals,
         "estimated_train_seconds": round(train_s, 1), "estimated_eval_seconds": round(eval_s, 1),
         "estimated_peak_bytes": int(peak), "available_bytes": int(available), "memory_on": device.type,
-        "rows_per_forward": live_rows,
+        "rows_per_forward": live_rows, "packed": bool(packed_to),
     }
 
 
@@ -193,7 +206,8 @@ def format_plan(p: dict, recipe, precision: str, where: str) -> str:
         f"  steps      {p['steps']:,} ({p['steps_per_epoch']:,} per epoch, {p['epochs']} epochs), batch "
         f"{tc.batch_size} x {tc.grad_accum} accumulation, lr {tc.lr:g}"
         + (f"; ~{p['rows_per_forward']} rows per forward (memory.micro_batch_tokens)"
-           if p.get("rows_per_forward", tc.batch_size) < tc.batch_size else ""),
+           if p.get("rows_per_forward", tc.batch_size) < tc.batch_size else "")
+        + ("; rows packed end to end (memory.packing)" if p.get("packed") else ""),
         f"  precision  {precision} on {where}",
         f"  measured   {p['probe']['tokens_per_s']:,.0f} trained tokens/s (a typical step after a warm-up: "
         f"{p['probe']['rows']} rows, {p['probe']['tokens']} tokens in {p['probe']['seconds']:.2f} s)",
