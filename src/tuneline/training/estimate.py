@@ -146,6 +146,12 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
         use_fast_dropout(model)  # as the training loop does
     cuda_before = 0
     if device.type == "cuda":
+        from .frozen_precision import cast_frozen, frozen_dtype
+        from .methods import get_method
+
+        half = frozen_dtype(device.type, precision, get_method(recipe.method).adapter, sharded=False)
+        if half is not None:  # as the loop keeps them
+            cast_frozen(model, half)
         model.to(device)  # the loop trains there (Accelerate moves it)
         cuda_before = torch.cuda.memory_allocated(device)
     lengths = np.asarray(prepared.train.lengths)  # numpy already when the rows are streamed

@@ -20,6 +20,8 @@ from ..data.batching import epoch_batches, pack_rows, split_by_tokens
 from ..errors import UserError
 from ..evaluation import direction
 from .fast_dropout import use_fast_dropout
+from .frozen_precision import cast_frozen, frozen_dtype
+from .methods import get_method
 from .guard import DivergenceGuard
 from .neftune import enable_neftune
 from ..recipe import eval_batch_size
@@ -157,6 +159,10 @@ class Trainer:
             enable_neftune(self.model, self.tc.neftune_alpha)
         # fsdp needs more than one process; with one it is plain training
         self.sharded = self.tc.sharding == "fsdp" and distributed.active()
+        precision = {"no": "fp32"}.get(self.acc.mixed_precision, self.acc.mixed_precision)
+        half = frozen_dtype(self.acc.device.type, precision, get_method(self.recipe.method).adapter, self.sharded)
+        if half is not None:
+            cast_frozen(self.model, half)
         self.root = None  # the FSDP root module: every forward computation goes through it
         if self.sharded:
             # FSDP moves each unit to the device as it shards it: the whole model never sits there at once
