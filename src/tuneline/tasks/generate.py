@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..evaluation.text_metrics import text_metrics
 from ..recipe import eval_batch_size
 from . import register_task
+from .chunked_ce import answer_cross_entropy
 from .base import Task
 
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does)
@@ -289,8 +290,7 @@ class GenerateTask(Task):
         hidden = body(input_ids=batch["input_ids"], use_cache=False, **where).last_hidden_state
         labels = batch["labels"][:, 1:]
         keep = labels != IGNORE
-        logits = head(hidden[:, :-1][keep]).float()
-        return torch.nn.functional.cross_entropy(logits, labels[keep])
+        return answer_cross_entropy(head, hidden[:, :-1][keep], labels[keep])
 
     # -- evaluation -------------------------------------------------------
     @torch.no_grad()
