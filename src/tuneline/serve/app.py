@@ -85,13 +85,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     watcher = RegistryWatcher(registry, served, metrics, drift, settings.reload_interval)
     started = time.time()
     background = (watcher.run, lambda: watch_drift(drift, batcher, settings.drift_interval))
-    app = FastAPI(title="tuneline service", version="1", lifespan=_lifespan(store, batcher, background),
+    answerer = Answerer(served, batcher, settings.limits, on_step=metrics.decode_rows.observe)
+    app = FastAPI(title="tuneline service", version="1",
+                  lifespan=_lifespan(store, batcher, background, answerer.warm_up),
                   description="A fine-tuned model from a tuneline run: classify, OpenAI-compatible chat and "
                               "completions, feedback, health, metrics, dashboard.")
     app.state.served, app.state.store = served, store
     add_error_handlers(app, served, ledger)
     protected = [Depends(key_check(api_key))]
-    answerer = Answerer(served, batcher, settings.limits, on_step=metrics.decode_rows.observe)
     routers = [predictions_router(answerer, ledger, request_models(settings.limits), started, protected),
                feedback_router(served, ledger, protected),
                operations_router(served, batcher, drift, watcher, metrics, started, protected),
@@ -104,14 +105,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
-def _lifespan(store: Store, batcher: MicroBatcher, background):
-    """Start the store's writer, the batcher and the background loops; at shutdown, after uvicorn
-    has stopped taking connections and waited for open requests, finish the batches still queued,
-    then write every row before the process ends."""
+def _lifespan(store: Store, batcher: MicroBatcher, background, warm_up):
+    """Start the store's writer, the batcher and the background loops, and warm the model up
+    before the first request; at shutdown, after uvicorn has stopped taking connections and
+    waited for open requests, finish the batches still queued, then write every row before the
+    process ends."""
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store.start()
         batcher.start()
+        await warm_up()
         tasks = [asyncio.create_task(loop()) for loop in background]
         try:
             yield

@@ -120,6 +120,10 @@ class ContinuousGenerator:
                 if new:  # first: a new answer's first token should not wait for a step of the others
                     rows, asks = self._admit(version, rows, asks, new)
                     new = []
+                    with self._lock:  # those that came during that prefill go before the next step too
+                        more = bool(self._waiting) and len(asks) < self.max_rows
+                    if more:
+                        continue
                 if rows is not None:
                     rows, asks = self._step(version, rows, asks)
         except BaseException as e:  # a failed step fails the requests it held, never the service
