@@ -39,13 +39,3 @@ def test_runs_of_different_precision_share_a_process():
     assert _accelerator("bf16").mixed_precision == "bf16"
     assert _accelerator("fp32").mixed_precision == "no"
     assert _accelerator("bf16").mixed_precision == "bf16"
-
-
-def test_serving_threads_leave_a_core_to_a_classifiers_server(monkeypatch):
-    monkeypatch.setattr(hardware, "physical_cores", lambda: 2)
-    assert hardware.serving_threads(generates=False) == 1
-    assert hardware.serving_threads(generates=True) == 2
-    monkeypatch.setattr(hardware, "physical_cores", lambda: 1)
-    assert hardware.serving_threads(generates=False) == 1
-    monkeypatch.setattr(hardware, "physical_cores", lambda: 16)
-    assert hardware.serving_threads(generates=False) == 15

@@ -78,18 +78,6 @@ def training_threads() -> tuple[int, str]:
     return n, note
 
 
-def serving_threads(generates: bool) -> int:
-    """Torch threads for a service's model when none are given. A service that labels texts
-    answers many small requests, and the event loop, the store's writer and clients on the same
-    machine need a core: an OpenMP team that shares its cores with them waits on a descheduled
-    thread at every parallel region (MiniLM on 2 cores with one other busy process: 43.8
-    requests/s with 2 threads, 159.7 with 1). A service that generates spends nearly all its time
-    in decoding steps and takes every core (SmolLM2, 8 streaming clients: 47.7 generated tokens/s
-    with 2 threads, 36.7 with 1). Figures: benchmarks/README.md, serving."""
-    cores = physical_cores()
-    return cores if generates else max(1, cores - 1)
-
-
 def describe() -> dict:
     return {
         "device": device_type(),

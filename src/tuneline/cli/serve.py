@@ -25,8 +25,9 @@ def serve(
     max_tokens: int = typer.Option(512, min=1, help="cap on generated tokens per answer"),
     max_inputs: int = typer.Option(64, min=1, help="cap on texts per classify request / prompts per completion"),
     max_body_bytes: int = typer.Option(1_000_000, min=1024, help="cap on a request body"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads for the model (default: all physical "
-                                          "cores for a run that chats, one fewer for a classifier)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads for the model (default: a classifier's "
+                                          "follow the cores other processes leave free, measured every 5 s; "
+                                          "a chat model's are every core)"),
     log_level: str = typer.Option("warning", help="uvicorn log level (info logs every request)"),
 ):
     """Serve a run: /v1/classify, OpenAI-compatible /v1/chat/completions and /v1/completions, /v1/feedback,
@@ -38,15 +39,14 @@ def serve(
 
     settings = ServeSettings(run_dir=str(run), host=host, db_url=db, store_inputs=not no_store_inputs,
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes,
-                             limits=Limits(max_tokens=max_tokens, max_inputs=max_inputs))
+                             limits=Limits(max_tokens=max_tokens, max_inputs=max_inputs), adapt_threads=not threads)
     check_bind(host, settings.resolved_key())  # before the model loads: a refusal should be instant
-    import torch
+    if threads:
+        import torch
 
-    from ..hardware import serving_threads
-
+        torch.set_num_threads(threads)
     app = create_app(settings)
     served = app.state.served
-    torch.set_num_threads(threads or serving_threads("chat" in served.current.serves))
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     print(f"Serving {run} version {served.current.id} ({served.current.task}) at {url}\n"
           f"  dashboard {url}/   API docs {url}/docs   store {app.state.store.url}"

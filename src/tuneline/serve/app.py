@@ -37,6 +37,7 @@ from .routes.operations import operations_router
 from .routes.predictions import predictions_router
 from .schemas import Limits, request_models
 from .store import Store, default_db_url
+from .threads import ModelThreads
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -54,6 +55,7 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     reload_interval: float = 2.0             # seconds between registry checks (hot reload)
     drift_interval: float = 15.0             # seconds between drift checks
+    adapt_threads: bool = False              # the model's threads follow the free cores (serve/threads.py)
 
     def resolved_key(self) -> Optional[str]:
         return self.api_key if self.api_key is not None else (os.environ.get("TUNELINE_API_KEY") or None)
@@ -84,10 +86,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
     ledger = Ledger(store, metrics, drift)
     watcher = RegistryWatcher(registry, served, metrics, drift, settings.reload_interval)
     started = time.time()
-    background = (watcher.run, lambda: watch_drift(drift, batcher, settings.drift_interval))
     answerer = Answerer(served, batcher, settings.limits, on_step=metrics.decode_rows.observe)
+    background = [watcher.run, lambda: watch_drift(drift, batcher, settings.drift_interval)]
+    warm_up = answerer.warm_up
+    if settings.adapt_threads and not answerer.chats:  # a run that chats keeps every core (serve/threads.py)
+        threads = ModelThreads(batcher.run_on_model_thread, gauge=metrics.model_threads)
+        background.append(threads.run)
+
+        async def warm_up():  # the first count before the first request
+            await threads.start()
+            await answerer.warm_up()
     app = FastAPI(title="tuneline service", version="1",
-                  lifespan=_lifespan(store, batcher, background, answerer.warm_up),
+                  lifespan=_lifespan(store, batcher, background, warm_up),
                   description="A fine-tuned model from a tuneline run: classify, OpenAI-compatible chat and "
                               "completions, feedback, health, metrics, dashboard.")
     app.state.served, app.state.store = served, store

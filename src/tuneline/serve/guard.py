@@ -30,6 +30,8 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.decode_rows = Histogram("tuneline_decode_rows", "answers advanced by one decoding step (continuous batching)",
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.model_threads = Gauge("tuneline_model_threads", "torch threads of the model (adapted to the free cores)",
+                                   registry=r)
         self.in_flight = Gauge("tuneline_in_flight_requests", "requests being answered", registry=r)
         self.model_info = Gauge("tuneline_model_info", "1 for the version being served", ["version"], registry=r)
         self.drift_alert = Gauge("tuneline_drift_alert", "1 while a drift check is over its alert threshold",
