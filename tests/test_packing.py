@@ -110,6 +110,9 @@ def test_the_dry_run_plans_the_packed_layout(tmp_path, tiny_llama):
 def test_packing_auto_is_for_gpus_and_true_is_refused_where_rows_cannot_pack(tmp_path, tiny_llama):
     r = recipe_from_dict({"task": "classify", "model": "x", "data": {"train": "t.jsonl"}})
     assert (r.memory.packs("cpu"), r.memory.packs("cuda")) == (False, True)
+    with pytest.raises(UserError, match="memory.packing") as e:
+        recipe_from_dict({"task": "classify", "model": "x", "data": {"train": "t.jsonl"}, "memory": {"packing": "maybe"}})
+    assert "use auto, true or false" in str(e.value)
     write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"q {i}", "chosen": f"yes {i}", "rejected": f"no {i}"}
                                            for i in range(12)])
     recipe = write_recipe(tmp_path / "dpo.yaml", task="generate", objective="dpo", model=str(tiny_llama),

@@ -332,6 +332,14 @@ class MemoryOptions(_Strict):
         "models that support it: generate with sft on Llama, Mistral, Qwen2/3). auto: on a GPU, where padding "
         "costs most; a CPU already cuts batches into length-sorted pieces")
 
+    @field_validator("packing", mode="before")
+    @classmethod
+    def _packing(cls, v):
+        # one clear message instead of pydantic's one line per member of the union
+        if v == "auto" or isinstance(v, bool) or v in ("true", "false"):
+            return v
+        raise ValueError(f"{v!r}: use auto, true or false")
+
     def packs(self, device_type: str) -> bool:
         return device_type != "cpu" if self.packing == "auto" else self.packing
 
