@@ -2,6 +2,14 @@
 
     python benchmarks/speed_vs_hf.py --job lora     # SmolLM2-135M + LoRA on ../shared/data/instructions
     python benchmarks/speed_vs_hf.py --job full     # MiniLM-L6 full tuning on ../shared/data/sst2
+    python benchmarks/speed_vs_hf.py --job lora --device cuda --shape 1.7b --batch 8    # on a GPU
+    python benchmarks/speed_vs_hf.py --job lora --device cuda --shape 1.7b --batch 64 --steps 12
+
+--shape builds a random-weight Llama of a SmolLM2 size (weights do not change speed or memory) with
+the built-in SmolLM2 tokenizer, so a GPU run needs no download. On a GPU both sides run bf16 (the
+plain way with Trainer's bf16=True, tuneline with precision auto), MFU is against the nominal
+989 TFLOP/s of an H100/H200 and against the bf16 matmul peak measured in the same run, and the peak
+GPU memory of each side's training is printed.
 
 The plain way is what a user writes: transformers.Trainer (+ PEFT for LoRA), the data collator
 padding to the longest row of each (randomly drawn) batch, same model, rows, lr, batch, steps,
@@ -32,17 +40,62 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def matmul_peak_gflops(seconds: float = 3.0) -> float:
-    """fp32 GEMM throughput of this machine with the threads torch uses (the roofline)."""
+NOMINAL_GPU_TFLOPS = 989  # H100 / H200 SXM, dense bf16
+
+
+def matmul_peak_gflops(device: str = "cpu", seconds: float = 3.0) -> float:
+    """GEMM throughput of this machine (the roofline): fp32 with the threads torch uses on a CPU,
+    bf16 8192^3 on a GPU."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    n_dim, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a = torch.randn(n_dim, n_dim, device=device, dtype=dtype)
+    b = torch.randn(n_dim, n_dim, device=device, dtype=dtype)
     a @ b
+    _sync(device)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
-    return 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+        _sync(device)
+    return 2 * n_dim ** 3 * n / (time.perf_counter() - t0) / 1e9
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- random-weight models of real shapes (GPU runs: no download) ------------------------------------------
+SHAPES = {  # SmolLM2 configs: hidden, intermediate, layers, heads, kv heads
+    "135m": (576, 1536, 30, 9, 3), "360m": (960, 2560, 32, 15, 5), "1.7b": (2048, 8192, 24, 32, 32),
+    "tiny": (64, 128, 2, 4, 2),  # a CPU check of this mode
+}
+
+
+def shaped_model(shape: str, folder: Path) -> str:
+    """A random-weight Llama of `shape` saved in `folder` with the built-in SmolLM2 tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+    from tuneline.models import resolve_model
+
+    builtin = Path(resolve_model("smollm2-135m-instruct").path)
+    base = AutoConfig.from_pretrained(builtin).to_dict()
+    hidden, inter, layers, heads, kv = SHAPES[shape]
+    base.update(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv, head_dim=hidden // heads, torch_dtype="float32")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in base.items() if k not in ("architectures", "model_type")})
+                     ).save_pretrained(folder)
+    for f in builtin.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "generation_config")):
+            shutil.copy(f, folder / f.name)
+    return str(folder)
 
 
 # -- data: identical rows for both sides --------------------------------------------------------------
@@ -75,12 +128,13 @@ def heldout_loss(model, tok, rows, max_len) -> float:
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for r in rows:
             e = plain_encode(tok, r["messages"], max_len)
-            ids = torch.tensor([e["input_ids"]])
-            labels = torch.tensor([e["labels"]])
+            ids = torch.tensor([e["input_ids"]], device=device)
+            labels = torch.tensor([e["labels"]], device=device)
             logits = model(input_ids=ids).logits[0, :-1]
             tgt = labels[0, 1:]
             keep = tgt != -100
@@ -117,9 +171,10 @@ def hf_side(args) -> dict:
 
     path = resolve_model(args.model).path
     tok = AutoTokenizer.from_pretrained(path)
+    gpu = args.device == "cuda"
     targs = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, learning_rate=args.lr,
                  max_steps=args.steps, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
-                 logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=True,
+                 logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=not gpu, bf16=gpu,
                  disable_tqdm=True, dataloader_num_workers=0)
     if args.job == "lora":
         from datasets import Dataset
@@ -142,13 +197,20 @@ def hf_side(args) -> dict:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
         collator = TokenCount(DataCollatorWithPadding(tok, padding="longest"))
     trainer = Trainer(model=model, args=TrainingArguments(**targs), train_dataset=ds, data_collator=collator)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    out = trainer.train()
+    try:
+        out = trainer.train()
+    except torch.OutOfMemoryError:  # a result: this batch does not fit the plain way
+        return {"oom": True, "gpu_peak_bytes": torch.cuda.max_memory_allocated()}
     train_s = time.perf_counter() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     res = {"train_seconds": train_s, "real_tokens": collator.real, "computed_tokens": collator.padded,
            "loss_first": losses[0] if losses else None, "loss_mean": sum(losses) / len(losses) if losses else None,
            "loss_last_quarter": _tail_mean(losses), "steps": out.global_step}
+    if gpu:
+        res["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
     if args.job == "lora":
         res["heldout_loss"] = heldout_loss(trainer.model, tok, held, args.max_len)
     else:
@@ -208,7 +270,8 @@ def tuneline_side(args) -> dict:
     recipe["output"] = str(tmp / "run")
     from tuneline.recipe import recipe_from_dict
 
-    tuneline.train(recipe_from_dict(recipe), force=True)
+    gpu = args.device == "cuda"
+    tuneline.train(recipe_from_dict(recipe), force=True, callbacks=[_GpuPeak()] if gpu else [])
     manifest = json.loads((tmp / "run" / "run.json").read_text())
     metrics = [json.loads(l) for l in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if m["type"] == "train"]
@@ -217,14 +280,41 @@ def tuneline_side(args) -> dict:
            "computed_tokens": manifest.get("computed_tokens", manifest["trained_tokens"]),
            "loss_first": losses[0], "loss_mean": sum(losses) / len(losses), "loss_last_quarter": _tail_mean(losses),
            "steps": manifest["steps"]}
+    if gpu:
+        res["gpu_peak_bytes"] = _GpuPeak.peak
+        res["per_step"] = [(m["step"], m["tokens_per_s"]) for m in metrics if m["type"] == "train"]
     if args.job == "lora":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(tmp / "run" / "model"))
+        model = AutoModelForCausalLM.from_pretrained(str(tmp / "run" / "model")).to(args.device)
         res["heldout_loss"] = heldout_loss(model, tok, held, args.max_len)
     else:
         res["validation_accuracy"] = evals[-1]["accuracy"]
     return res
+
+
+class _GpuPeak:
+    """The training loop's peak GPU memory (evaluation and the report after it excluded)."""
+
+    peak = None
+
+    def on_train_start(self, trainer, state):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    def on_train_end(self, trainer, state):
+        import torch
+
+        torch.cuda.synchronize()
+        _GpuPeak.peak = torch.cuda.max_memory_allocated()
+
+    def on_log(self, trainer, record):
+        pass
+
+    def on_evaluate(self, trainer, record):
+        pass
 
 
 def child(args) -> None:
@@ -241,29 +331,40 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--job", choices=["lora", "full"], required=True)
     p.add_argument("--side", choices=["hf", "tuneline"], help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)  # set by the parent: the built-in or the shaped folder
     p.add_argument("--steps", type=int)
     p.add_argument("--rows", type=int, default=16000, help="full job: SST-2 training rows (one pass)")
     p.add_argument("--eval-rows", type=int, default=16, help="lora job: held-out chats for the loss check")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--gradient-checkpointing", action="store_true", help="tuneline side: recompute activations")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--shape", choices=list(SHAPES), help="lora job: a random-weight Llama of this SmolLM2 size "
+                   "instead of the built-in SmolLM2-135M")
+    p.add_argument("--batch", type=int, help="rows per step (lora default 8, full 32)")
+    p.add_argument("--max-len", type=int, help="lora default 512, full 128")
     args = p.parse_args()
     if args.job == "lora":
-        args.model, args.batch, args.max_len, args.lr, args.steps = "smollm2-135m-instruct", 8, 512, 5e-4, args.steps or 8
+        args.model = args.model or "smollm2-135m-instruct"
+        args.batch, args.max_len, args.lr = args.batch or 8, args.max_len or 512, 5e-4
+        args.steps = args.steps or 8
     else:
-        args.model, args.batch, args.max_len, args.lr = "minilm-l6", 32, 128, 1e-4
+        args.model, args.batch, args.max_len, args.lr = "minilm-l6", args.batch or 32, args.max_len or 128, 1e-4
         args.steps = args.steps or args.rows // args.batch
     if args.side:
         return child(args)
     import torch
 
     torch.set_num_threads(args.threads)
-    peak = matmul_peak_gflops()
+    if args.shape:
+        args.model = shaped_model(args.shape, Path(tempfile.mkdtemp()) / f"llama-{args.shape}")
+    peak = matmul_peak_gflops(args.device)
     results = {}
     for side in ("hf", "tuneline"):
         cmd = [sys.executable, __file__, "--job", args.job, "--side", side, "--steps", str(args.steps),
                "--rows", str(args.rows), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads),
-               "--seed", str(args.seed)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+               "--seed", str(args.seed), "--device", args.device, "--model", args.model, "--batch", str(args.batch),
+               "--max-len", str(args.max_len)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
         print(f"running {side} ...", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -284,32 +385,45 @@ def main() -> None:
     if args.job == "lora":
         n_params += cfg.vocab_size * cfg.hidden_size
     flops_per_token = (4 if args.job == "lora" else 6) * n_params
-    rows = []
+    gpu = args.device == "cuda"
     for side, r in results.items():
+        if r.get("oom"):
+            continue
         r["tokens_per_s"] = r["real_tokens"] / r["train_seconds"]
+        r["tokens_per_step"] = r["real_tokens"] / max(r["steps"], 1)
         r["padding_share"] = 1 - r["real_tokens"] / r["computed_tokens"]
         r["mfu"] = r["tokens_per_s"] * flops_per_token / (peak * 1e9)
-        rows.append(side)
+        if gpu:
+            r["mfu_nominal"] = r["tokens_per_s"] * flops_per_token / (NOMINAL_GPU_TFLOPS * 1e12)
+            r["gpu_peak_gib"] = r["gpu_peak_bytes"] / 2 ** 30
     h, t = results["hf"], results["tuneline"]
     quality = "heldout_loss" if args.job == "lora" else "validation_accuracy"
-    print(f"\njob {args.job}: {args.model}, {args.steps} steps of batch {args.batch}, max length {args.max_len}, "
-          f"{args.threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; N = {n_params / 1e6:.1f} M "
-          "parameters in matmuls\n")
+    where = (f"{args.device}, bf16 matmul peak {peak / 1000:.0f} TFLOP/s" if gpu else
+             f"{args.threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s")
+    print(f"\njob {args.job}: {Path(args.model).name}, {args.steps} steps of batch {args.batch}, max length "
+          f"{args.max_len}, {where}; N = {n_params / 1e6:.1f} M parameters in matmuls\n")
+    if h.get("oom"):
+        print(f"plain HF: out of memory at {h['gpu_peak_bytes'] / 2**30:.1f} GiB\n")
     fmt = "{:<26}{:>16}{:>16}{:>10}"
     print(fmt.format("", "plain HF", "tuneline", "ratio"))
-    for key, label, f, better_high in (
-            ("tokens_per_s", "trained tokens/s", "{:.1f}", True), ("train_seconds", "train seconds", "{:.1f}", False),
-            ("wall_seconds", "wall seconds (process)", "{:.1f}", False), ("peak_rss", "peak RSS (GiB)", None, False),
-            ("padding_share", "padding share", "{:.1%}", False), ("loss_mean", "mean training loss", "{:.4f}", False),
-            ("loss_last_quarter", "loss, last quarter", "{:.4f}", False), (quality, quality.replace("_", " "), "{:.4f}", None),
-            ("mfu", "share of matmul peak", "{:.1%}", True)):
-        hv, tv = h[key], t[key]
+    lines = [("tokens_per_s", "trained tokens/s", "{:.1f}"), ("tokens_per_step", "trained tokens/step", "{:.0f}"),
+             ("train_seconds", "train seconds", "{:.1f}"), ("wall_seconds", "wall seconds (process)", "{:.1f}"),
+             ("peak_rss", "peak RSS (GiB)", "{:.2f}"), ("padding_share", "padding share", "{:.1%}"),
+             ("loss_mean", "mean training loss", "{:.4f}"), ("loss_last_quarter", "loss, last quarter", "{:.4f}"),
+             (quality, quality.replace("_", " "), "{:.4f}"), ("mfu", "share of matmul peak", "{:.1%}")]
+    if gpu:
+        lines += [("mfu_nominal", f"MFU of {NOMINAL_GPU_TFLOPS} TFLOP/s", "{:.1%}"),
+                  ("gpu_peak_gib", "peak GPU memory (GiB)", "{:.2f}")]
+    for key, label, f in lines:
+        hv, tv = h.get(key), t.get(key)
         if key == "peak_rss":
-            hs, ts = f"{hv / 2**30:.2f}", f"{tv / 2**30:.2f}"
-        else:
-            hs, ts = f.format(hv), f.format(tv)
-        ratio = f"{tv / hv:.2f}x" if hv else "-"
+            hv, tv = hv / 2 ** 30, tv / 2 ** 30
+        hs, ts = ("-" if v is None else f.format(v) for v in (hv, tv))
+        ratio = f"{tv / hv:.2f}x" if hv and tv is not None else "-"
         print(fmt.format(label, hs, ts, ratio))
+    if gpu and t.get("per_step"):  # what the issue reads MFU against: tokens per step
+        per = [f"{rate * flops_per_token / (NOMINAL_GPU_TFLOPS * 1e12):.1%}" for _, rate in t["per_step"] if rate]
+        print("\ntuneline MFU per logged step (of the nominal peak): " + " ".join(per))
     print("\nRESULTS " + json.dumps({"job": args.job, "peak_gflops": peak, "n_params": n_params, **results}))
 
 

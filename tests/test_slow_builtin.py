@@ -46,13 +46,13 @@ SUPPORT = ROOT / "examples" / "support" / "recipe.yaml"
 
 def test_smollm2_lora_support_chats(tmp_path):
     result = tuneline.train(SUPPORT, output=tmp_path / "support", overrides=[
-        "train.max_steps=12", "train.eval_every=6", "data.max_rows=120", "eval.max_samples=6",
-        "generate.max_new_tokens=32", "train.max_length=256",
+        "train.max_steps=8", "train.eval_every=4", "data.max_rows=120", "eval.max_samples=4",
+        "generate.max_new_tokens=24", "train.max_length=256", "eval.forgetting.max_tokens=4096",
     ])
     ev = result.eval
     keys = {"loss", "perplexity", "exact_match", "bleu", "chrf", "rougeL", "samples"}
     assert keys <= set(ev["tuned"]) and keys <= set(ev["baseline"])
-    # a dozen LoRA steps on consistent shop policy already lower the answer loss
+    # eight LoRA steps on consistent shop policy already lower the answer loss
     assert ev["tuned"]["loss"] < ev["baseline"]["loss"]
     run = load_run(result.path)
     answer = run.generate([{"role": "user", "content": "How long do refunds take?"}], max_new_tokens=24)
@@ -79,9 +79,11 @@ def test_smollm2_dpo_on_sst2_pairs_beats_the_base(tmp_path):
     recipe = write_recipe(tmp_path / "dpo.yaml", task="generate", model="smollm2-135m-instruct", method="lora",
                           objective="dpo", data={"train": "train.jsonl", "test": "test.jsonl"},
                           train={"epochs": 1, "lr": 5e-4, "batch_size": 8, "max_length": 128},
-                          lora={"r": 16, "alpha": 32}, generate={"max_new_tokens": 4}, output=str(tmp_path / "run"))
+                          lora={"r": 16, "alpha": 32}, generate={"max_new_tokens": 2},
+                          eval={"forgetting": {"max_tokens": 4096}}, output=str(tmp_path / "run"))
     ev = tuneline.train(recipe).eval
-    # measured here: 0.925 vs 0.725, margin 2.97 vs 0.37 (40 test pairs: one pair is 0.025)
+    # measured here: 0.925 vs 0.725, margin 2.88 vs 0.37 (40 test pairs: one pair is 0.025). With 80
+    # training pairs it was only 0.875 vs 0.800: the steps are what it needs
     assert ev["tuned"]["preference_accuracy"] > ev["baseline"]["preference_accuracy"] + 0.1, (ev["tuned"], ev["baseline"])
     assert ev["tuned"]["logp_margin"] > ev["baseline"]["logp_margin"] + 1.0
     assert ev["forgetting"]["measured"]

@@ -12,7 +12,10 @@ __version__ = "0.1.0"
 
 __all__ = ["train", "load_run", "evaluate", "load_recipe", "export_run", "UserError", "RunFailed", "__version__"]
 
+from . import moved
 from .errors import RunFailed, UserError
+
+moved.install()
 
 
 def train(recipe, **kwargs):
@@ -39,7 +42,6 @@ def load_recipe(path, overrides=None):
     from .recipe import load_recipe as _load
 
     return _load(path, overrides)[0]
-
 
 
 def export_run(run_path, format, out, **kwargs) -> dict:

@@ -310,8 +310,23 @@ class RetrainOptions(_Strict):
 
 
 class MemoryOptions(_Strict):
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
-                                         "much less memory, slower steps")
+    gradient_checkpointing: Union[Literal["auto"], bool, int] = Field(
+        "auto", description="recompute transformer blocks' activations in the backward pass: much less memory, "
+        "one more forward of each such block. true: every block; a number: that many; auto: as few as keep the "
+        "largest piece of work within the memory there is (measured at the start: on a GPU its free memory, "
+        "on a CPU only under memory.limit_gib); false: none")
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing(cls, v):
+        # one clear message instead of pydantic's one line per member of the union
+        if v == "auto" or isinstance(v, bool) or v in ("true", "false") or (isinstance(v, int) and v >= 0):
+            return v
+        raise ValueError(f"{v!r}: use auto, true, false, or a number of blocks (0 or more)")
+
+    limit_gib: Optional[float] = Field(
+        None, gt=0, description="memory the run may use, in GiB (GPU memory on a GPU, RAM on a CPU): "
+        "gradient_checkpointing auto plans its activations under it. null: a GPU's free memory")
     micro_batch_tokens: Union[Literal["auto"], int, None] = Field(
         "auto", description="padded tokens per forward pass: each batch is cut into pieces under this budget and "
         "their gradients summed, the same update as the whole batch with a fraction of the activation memory. "
@@ -342,6 +357,13 @@ class MemoryOptions(_Strict):
 
     def packs(self, device_type: str) -> bool:
         return device_type != "cpu" if self.packing == "auto" else self.packing
+
+    def may_checkpoint(self, device_type: str) -> bool:
+        """Whether any block may be checkpointed on this device (auto decides how many later)."""
+        g = self.gradient_checkpointing
+        if g == "auto":
+            return device_type != "cpu" or self.limit_gib is not None
+        return g is True or (g is not False and g > 0)
 
     def token_budget(self, device_type: str) -> int | None:
         if self.micro_batch_tokens == "auto":

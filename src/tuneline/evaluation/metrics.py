@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-
 
 def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
+    # imported here: sklearn.metrics takes ~1.5 s to import (scipy.stats), which `tuneline predict`
+    # and the service, who import the task's module but compute no metrics, should not pay
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
     ids = list(range(len(labels)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     return {

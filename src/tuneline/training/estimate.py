@@ -29,7 +29,7 @@ def _max_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _padded(rows: list[int], lengths, packed_to: int | None = None) -> int:
+def padded_tokens(rows: list[int], lengths, packed_to: int | None = None) -> int:
     """Tokens a piece computes: its rows padded to the longest (the collators pad to the batch's
     longest), or, packed into sequences of `packed_to` tokens, those sequences padded to the longest."""
     if not rows:
@@ -57,7 +57,7 @@ def typical_piece(pieces: list[list[int]], lengths, packed_to: int | None = None
     """The piece of median padded size: the work of a typical step, not the longest rows."""
     if not pieces:
         return [0]
-    sizes = [_padded(p, lengths, packed_to) for p in pieces]
+    sizes = [padded_tokens(p, lengths, packed_to) for p in pieces]
     return pieces[sorted(range(len(pieces)), key=sizes.__getitem__)[len(pieces) // 2]]
 
 
@@ -118,7 +118,7 @@ def probe_step(task, model, data, recipe, pad_id: int, piece: list[int], device:
         _sync(device)
         t3 = time.perf_counter()
     tokens = sum(int(lengths[i]) for i in piece) if packed_to else int(batch["attention_mask"].sum())
-    out = {"rows": len(piece), "tokens": tokens, "padded": _padded(piece, lengths, packed_to), "seconds": t3 - t0,
+    out = {"rows": len(piece), "tokens": tokens, "padded": padded_tokens(piece, lengths, packed_to), "seconds": t3 - t0,
            "forward_s": t1 - t0, "backward_s": t2 - t1, "optimizer_s": t3 - t2, "tokens_per_s": tokens / (t3 - t0),
            "rss_before": rss_before, "peak": max(_max_rss(), psutil.Process().memory_info().rss)}
     if device.type == "cuda":
@@ -127,12 +127,42 @@ def probe_step(task, model, data, recipe, pad_id: int, piece: list[int], device:
     return out
 
 
+def _plan_checkpointing(recipe, task, model, data, pad_id, pieces, packed_to, device, precision,
+                        trainable: int) -> tuple[int, str]:
+    """The loop's memory.gradient_checkpointing plan (training/checkpointing.py), applied to the model."""
+    from ..data.batching import pack_rows, split_by_tokens
+    from . import checkpointing
+
+    if not recipe.memory.may_checkpoint(device.type):
+        return 0, ""
+    lengths = data.lengths
+    largest = max((padded_tokens(p, lengths, packed_to) for p in pieces), default=0)
+
+    def probe():
+        rows = split_by_tokens(pieces[0], lengths, checkpointing.PROBE_TOKENS)[0]
+        cpu = task.collate_packed(data, pack_rows(rows, lengths, packed_to), pad_id) if packed_to else \
+            task.collate(data, rows, pad_id)
+        batch = {k: v.to(device) for k, v in cpu.items()}
+        model.train()
+
+        def run_loss():
+            with _autocast(device, precision):
+                return task.loss(model, batch)
+
+        return run_loss, padded_tokens(rows, lengths, packed_to)
+
+    k, line = checkpointing.plan(recipe.memory, model, device, probe, largest, 12 * trainable)
+    checkpointing.set_checkpointed(model, k)
+    return k, line
+
+
 def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     from .. import hardware
     from ..data.batching import sorted_batches
     from ..recipe import eval_batch_size
     from .fast_dropout import use_fast_dropout
     from .loop import make_plan
+    from .lora_dropout import fuse_lora_dropout
     from .methods import apply_method, count_parameters
 
     torch.manual_seed(recipe.train.seed)
@@ -142,8 +172,9 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     precision = hardware.resolve_precision(tc.precision)
     model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe, task)
     trainable, total = count_parameters(model)
+    fuse_lora_dropout(model)  # as the training loop does
     if device.type == "cpu":
-        use_fast_dropout(model)  # as the training loop does
+        use_fast_dropout(model)
     cuda_before = 0
     if device.type == "cuda":
         from .frozen_precision import cast_frozen, frozen_dtype
@@ -158,22 +189,24 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     budget = recipe.memory.token_budget(device.type)
     pieces, scale = epoch_layout(lengths, tc, budget)
     packed_to = tc.max_length if recipe.memory.packs(device.type) and task.packs(model) else None
+    checkpointed, ckpt_line = _plan_checkpointing(recipe, task, model, prepared.train, tokenizer.pad_token_id, pieces,
+                                                  packed_to, device, precision, trainable)
     probe = probe_step(task, model, prepared.train, recipe, tokenizer.pad_token_id,
                        typical_piece(pieces, lengths, packed_to), device, precision, packed_to)
     epochs = plan.total_steps / max(plan.steps_per_epoch, 1)
-    epoch_padded = sum(_padded(p, lengths, packed_to) for p in pieces) * scale
+    epoch_padded = sum(padded_tokens(p, lengths, packed_to) for p in pieces) * scale
     per_token = (probe["forward_s"] + probe["backward_s"]) / max(probe["padded"], 1)
     train_s = epoch_padded * epochs * per_token + plan.total_steps * probe["optimizer_s"]
     # validation: forward passes only, at the evaluation batch size, no micro-batch cut
     val_lengths = np.asarray(prepared.validation.lengths)
-    val_padded = sum(_padded(b, val_lengths) for b in sorted_batches(val_lengths, eval_batch_size(recipe)))
+    val_padded = sum(padded_tokens(b, val_lengths) for b in sorted_batches(val_lengths, eval_batch_size(recipe)))
     n_evals = evaluations(plan, tc.eval_every)
     eval_s = n_evals * val_padded * probe["forward_s"] / max(probe["padded"], 1)
     # activations live for one piece of memory.micro_batch_tokens at a time, not the whole batch:
     # the probe's growth, scaled from its piece to the largest piece of the layout
     width = max(1, probe["padded"] // max(probe["rows"], 1))
     live_rows = tc.batch_size if budget is None else min(tc.batch_size, max(1, budget // width))
-    largest = max((_padded(p, lengths, packed_to) for p in pieces), default=probe["padded"])
+    largest = max((padded_tokens(p, lengths, packed_to) for p in pieces), default=probe["padded"])
     grow = max(1.0, largest / max(probe["padded"], 1))
     if device.type == "cuda":
         # the probe's peak holds its gradients and Adam's moments already (allocated by the warm-up step)
@@ -196,7 +229,8 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
         "evaluations": n_evals,
         "estimated_train_seconds": round(train_s, 1), "estimated_eval_seconds": round(eval_s, 1),
         "estimated_peak_bytes": int(peak), "available_bytes": int(available), "memory_on": device.type,
-        "rows_per_forward": live_rows, "packed": bool(packed_to),
+        "rows_per_forward": live_rows, "packed": bool(packed_to), "checkpointed_blocks": checkpointed,
+        "checkpointing": ckpt_line,
     }
 
 
@@ -215,6 +249,7 @@ def format_plan(p: dict, recipe, precision: str, where: str) -> str:
            if p.get("rows_per_forward", tc.batch_size) < tc.batch_size else "")
         + ("; rows packed end to end (memory.packing)" if p.get("packed") else ""),
         f"  precision  {precision} on {where}",
+        *([f"  memory     {p['checkpointing']}"] if p.get("checkpointing") else []),
         f"  measured   {p['probe']['tokens_per_s']:,.0f} trained tokens/s (a typical step after a warm-up: "
         f"{p['probe']['rows']} rows, {p['probe']['tokens']} tokens in {p['probe']['seconds']:.2f} s)",
         f"  estimate   training ~{_duration(p['estimated_train_seconds'])}, validation ~"

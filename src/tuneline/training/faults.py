@@ -84,7 +84,7 @@ def memory_advice(recipe) -> str:
                      "(same effective batch)")
     if t.max_length >= 16:
         steps.append(f"--set train.max_length={t.max_length // 2} (rows are cut shorter)")
-    if not recipe.memory.gradient_checkpointing:
+    if recipe.memory.gradient_checkpointing is not True:
         steps.append("--set memory.gradient_checkpointing=true (recomputes activations: slower, far less memory)")
     if not get_method(recipe.method).adapter:
         steps.append("--set method=lora (trains adapters only: no optimizer state for the whole model)")

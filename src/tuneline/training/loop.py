@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, faults, sharding
+from . import checkpointing, distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from ..data.batching import epoch_batches, pack_rows, split_by_tokens
 from ..errors import UserError
 from ..evaluation import direction
 from .fast_dropout import use_fast_dropout
 from .frozen_precision import cast_frozen, frozen_dtype
+from .lora_dropout import fuse_lora_dropout
 from .methods import get_method
 from .guard import DivergenceGuard
 from .neftune import enable_neftune
@@ -150,9 +151,11 @@ class Trainer:
         self.budget = self.recipe.memory.token_budget(self.acc.device.type)
         self.guard = DivergenceGuard(self.tc.divergence, self.run, self.tc.lr, self.tc.max_grad_norm,
                                      self.task.loss_falls)
+        self._plan_checkpointing()
 
     def _place_model(self) -> None:
         """Training-only model changes, then the model sharded or moved to this process's device."""
+        fuse_lora_dropout(self.model)  # before the CPU's dropout swap: PEFT's dropout goes into lora_A
         if self.acc.device.type == "cpu":
             use_fast_dropout(self.model)
         if self.tc.neftune_alpha:
@@ -172,6 +175,40 @@ class Trainer:
             # gradients are averaged by hand (see distributed.py), so no DDP wrapper
             self.model = self.model.to(self.acc.device)
 
+    def _plan_checkpointing(self) -> None:
+        """memory.gradient_checkpointing: how many blocks recompute (training/checkpointing.py)."""
+        if not self.recipe.memory.may_checkpoint(self.acc.device.type):
+            return
+        from .estimate import epoch_layout, padded_tokens
+
+        lengths = self.train_data.lengths
+        pieces, _ = epoch_layout(lengths, self.tc, self.budget)
+        packed_to = self.tc.max_length if self.packing else None
+        largest = max((padded_tokens(p, lengths, packed_to) for p in pieces), default=0)
+        pending = 3 * sum(p.numel() * p.element_size() for p in self.trainable)  # gradients + AdamW's moments
+        k, line = checkpointing.plan(self.recipe.memory, self.model, self.acc.device, self._probe_piece, largest,
+                                     pending, self.sharded)
+        if distributed.active():  # every rank recomputes the same blocks: FSDP gathers in step
+            k = distributed.all_max(k)
+        checkpointing.set_checkpointed(self.model, k)
+        if line and self.main:
+            print(line, flush=True)
+
+    def _probe_piece(self):
+        """(run the loss once, its computed tokens) on a real piece of about PROBE_TOKENS tokens."""
+        lengths = self.train_data.lengths
+        first = epoch_batches(lengths, self.tc.batch_size, self.tc.seed * 1000, self.tc.group_by_length)[0]
+        rows = split_by_tokens(first, lengths, checkpointing.PROBE_TOKENS)[0]
+        batch, _, _, computed = self._micro_batches(rows, lengths)[0]
+        batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+        self.model.train()
+
+        def run_loss():
+            with self.acc.autocast():
+                return self.run_model(lambda m: self.task.loss(m, batch))
+
+        return run_loss, max(computed, 1)
+
     def _packing(self) -> bool:
         """memory.packing for this run: auto packs on a GPU where the task and model can."""
         mem = self.recipe.memory
@@ -186,7 +223,7 @@ class Trainer:
         return False
 
     # -- helpers ---------------------------------------------------------------
-    def _pieces(self, rows: list[int], lengths) -> list[tuple[dict, float, int, int]]:
+    def _micro_batches(self, rows: list[int], lengths) -> list[tuple[dict, float, int, int]]:
         """A batch as (micro-batch, share of its loss, real tokens, computed tokens) under
         memory.micro_batch_tokens, packed when memory.packing is on. The shares are each piece's
         part of the loss's terms (answer tokens, rows), so the summed gradients equal the whole
@@ -323,7 +360,7 @@ class Trainer:
         its tokens into the state. Returns the batch's part of the step's mean loss, on the device."""
         rows, weight = distributed.shard(rows) if distributed.active() else (rows, 1.0)
         batch_loss, real, computed = torch.zeros((), device=self.acc.device), 0, 0
-        for batch, share, piece_real, piece_computed in self._pieces(rows, self.train_data.lengths):
+        for batch, share, piece_real, piece_computed in self._micro_batches(rows, self.train_data.lengths):
             batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
             with self.acc.autocast():
                 loss = self.run_model(lambda m: self.task.loss(m, batch)) * (weight * share)

@@ -83,8 +83,12 @@ def _load(hook: Hook) -> Callable:
 
 def apply_method(model, recipe: Recipe, task):
     """Prepare `model` for training by the recipe's method; `task` is a tuneline.tasks.Task."""
-    if recipe.memory.gradient_checkpointing:
-        # non-reentrant: works with frozen inputs (PEFT) and replays the dropout RNG exactly
+    from ... import hardware
+
+    if recipe.memory.may_checkpoint(hardware.device_type()):
+        # on every block; the loop then leaves checkpointed only as many as the recipe asks or
+        # its memory needs (training/checkpointing.py).
+        # Non-reentrant: works with frozen inputs (PEFT) and replays the dropout RNG exactly
         if hasattr(model, "activation_checkpointing_enable"):  # Transformers 5.x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:

@@ -1,0 +1,107 @@
+"""LoRA's dropout fused into the adapter's first matmul, so the dropped copy of the input is never kept.
+
+PEFT computes `lora_B(lora_A(dropout(x.to(A's dtype))))` for every adapted projection. For the
+backward pass, lora_A keeps its input (the dropped copy, cast) and the dropout keeps its mask, once
+per projection: q, k and v each keep their own copy of the same x. Counted with
+benchmarks/activation_memory.py on the SmolLM2-1.7B shape in bf16, that is 68 of the 194 KiB of
+activations per token and block; on a CPU in fp32, 5 bytes per element per projection.
+
+Fused, each adapter keeps only its input x as it came (the one tensor q, k and v share) and the
+seed of its mask; backward redraws the mask and rebuilds the dropped copy. The values and the
+gradients are those of dropout followed by the linear layer with the same mask (tested); the masks
+are drawn from the device's generator, seeded from torch's default one, so `torch.manual_seed`
+and activation checkpointing's RNG replay apply as to torch's dropout.
+
+Applied for training only (`fuse_lora_dropout` from the loop); eval mode runs the plain linear
+layer. State-dict keys are unchanged: the adapter's `lora_A` keeps its module, only its class is
+swapped, and PEFT's dropout module becomes an identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LANES = 65536
+
+
+def keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
+    """The elements dropout keeps (probability 1 - p), a pure function of the seed. On a CPU, 64
+    random bits read as four 16-bit lanes (torch's per-element Bernoulli is ~5x slower there; p is
+    rounded to a multiple of 1/65536, see fast_dropout.py); elsewhere uniform draws against p."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if device.type == "cpu":
+        n = shape.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), None, generator=gen)
+        return bits.view(torch.int16)[:n].view(shape) >= round(p * _LANES) - _LANES // 2
+    return torch.rand(shape, device=device, generator=gen) >= p
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """What autocast would run the matmul in; the weight's dtype without autocast."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+
+
+class _DroppedLinear(torch.autograd.Function):
+    """F.linear(dropout(x), weight) keeping x and a seed instead of the dropped copy and its mask."""
+
+    @staticmethod
+    def forward(ctx, x, weight, p: float, seed: int, dtype: torch.dtype):
+        scale = 1.0 / (1.0 - p)
+        keep = keep_mask(x.shape, p, seed, x.device)
+        dropped = torch.where(keep, x, 0).to(dtype).mul_(scale)
+        ctx.save_for_backward(x, weight)
+        ctx.p, ctx.seed, ctx.dtype, ctx.scale = p, seed, dtype, scale
+        return F.linear(dropped, weight.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        keep = keep_mask(x.shape, ctx.p, ctx.seed, x.device)
+        grad = grad.to(ctx.dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.where(keep, grad @ weight.to(ctx.dtype), 0).mul_(ctx.scale).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            dropped = torch.where(keep, x, 0).to(ctx.dtype).mul_(ctx.scale)
+            grad_w = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
+        return grad_x, grad_w, None, None, None
+
+
+class DroppedLoraA(nn.Linear):
+    """An adapter's lora_A with its dropout inside (class swapped in place; `p` set by the swap)."""
+
+    p: float = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.bias is not None:
+            return super().forward(x.to(self.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x)
+        seed = int(torch.randint(2 ** 62, (1,)))  # torch's default CPU generator: manual_seed applies
+        return _DroppedLinear.apply(x, self.weight, self.p, seed, _compute_dtype(x, self.weight))
+
+
+def fuse_lora_dropout(model: nn.Module) -> int:
+    """Move every plain LoRA adapter's dropout (p > 0) into its lora_A; returns how many.
+    DoRA and other variants keep PEFT's own path (they use the dropped x elsewhere too)."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return 0
+    fused = 0
+    for layer in model.modules():
+        if not isinstance(layer, LoraLinear):
+            continue
+        names = [n for n, drop in layer.lora_dropout.items() if isinstance(drop, nn.Dropout) and drop.p > 0
+                 and n not in layer.lora_variant and type(layer.lora_A[n]) is nn.Linear]
+        for name in names:
+            a = layer.lora_A[name]
+            a.__class__ = DroppedLoraA
+            a.p = layer.lora_dropout[name].p
+            layer.lora_dropout[name] = nn.Identity()
+        if names and len(names) == len(layer.lora_A):
+            # x reaches lora_A as it came (the tensor q, k and v share), not as PEFT's cast copy each
+            layer.cast_input_dtype_enabled = False
+        fused += len(names)
+    return fused

@@ -1,0 +1,132 @@
+"""LoRA's dropout fused into lora_A (training/lora_dropout.py): the same values and gradients as
+dropout then the linear layer with the same mask, fewer saved bytes, unchanged weights' names,
+and checkpointing's recompute drawing the same masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneline.training import lora_dropout
+from tuneline.training.lora_dropout import DroppedLoraA, fuse_lora_dropout, keep_mask
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _lora(tiny_llama, dropout=0.1):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=dropout))
+    for n, p in model.named_parameters():  # a trained adapter: B no longer zero, so A gets gradients
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def _recording_masks(monkeypatch) -> list:
+    """Every mask the fused layers draw, in order (forward draws; backward redraws are equal)."""
+    drawn = []
+    real = lora_dropout.keep_mask
+
+    def record(shape, p, seed, device):
+        mask = real(shape, p, seed, device)
+        drawn.append(mask)
+        return mask
+
+    monkeypatch.setattr(lora_dropout, "keep_mask", record)
+    return drawn
+
+
+def test_values_and_gradients_equal_dropout_then_linear_with_the_same_mask(tiny_llama, monkeypatch):
+    model = _lora(tiny_llama)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert fuse_lora_dropout(model) == 7 * len(model.base_model.model.model.layers)
+    model.train()
+    drawn = _recording_masks(monkeypatch)
+    x = torch.randn(2, 5, layer.in_features, requires_grad=True)
+    out = layer(x)
+    out.square().sum().backward()
+    a, b = layer.lora_A["default"], layer.lora_B["default"]
+    got = (out.detach(), x.grad.clone(), a.weight.grad.clone(), b.weight.grad.clone())
+
+    keep = drawn[0]
+    p = a.p
+    x2 = x.detach().clone().requires_grad_(True)
+    a2, b2 = a.weight.detach().clone().requires_grad_(True), b.weight.detach().clone().requires_grad_(True)
+    dropped = torch.where(keep, x2, 0) / (1 - p)
+    ref = layer.base_layer(x2) + (dropped @ a2.T @ b2.T) * layer.scaling["default"]
+    ref.square().sum().backward()
+    for g, r in zip(got, (ref.detach(), x2.grad, a2.grad, b2.grad)):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(m, keep) for m in drawn[1:])  # backward redrew the very same mask
+
+
+def test_masks_follow_torch_manual_seed_and_keep_one_minus_p():
+    shape = torch.Size([64, 512])
+    a = keep_mask(shape, 0.1, 1234, torch.device("cpu"))
+    assert torch.equal(a, keep_mask(shape, 0.1, 1234, torch.device("cpu")))
+    assert not torch.equal(a, keep_mask(shape, 0.1, 1235, torch.device("cpu")))
+    assert abs(a.float().mean().item() - 0.9) < 0.01
+    layer = DroppedLoraA(8, 4, bias=False)
+    layer.p = 0.5
+    torch.manual_seed(3)
+    y1 = layer(torch.ones(3, 8))
+    torch.manual_seed(3)
+    assert torch.equal(y1, layer(torch.ones(3, 8)))
+
+
+def test_eval_mode_and_names_are_unchanged(tiny_llama):
+    model, plain = _lora(tiny_llama), _lora(tiny_llama)
+    keys = set(model.state_dict())
+    fuse_lora_dropout(model)
+    assert set(model.state_dict()) == keys
+    model.eval(), plain.eval()
+    ids = torch.randint(0, 100, (2, 9))
+    torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+def _saved_bytes(model, ids) -> int:
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids).logits.sum()
+    return sum(seen.values())
+
+
+def test_fused_keeps_fewer_activation_bytes(tiny_llama):
+    model, plain = _lora(tiny_llama), _lora(tiny_llama)
+    fuse_lora_dropout(model)
+    model.train(), plain.train()
+    ids = torch.randint(0, 100, (2, 64))
+    fused, unfused = _saved_bytes(model, ids), _saved_bytes(plain, ids)
+    assert fused < unfused * 0.8, (fused, unfused)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_gradients_replay_under_checkpointing(tiny_llama, checkpointing):
+    """Recomputing a block under activation checkpointing draws the same masks (the seed comes
+    from torch's CPU generator, which checkpointing restores): gradients equal the run without."""
+    grads = []
+    for ckpt in (False, checkpointing):
+        model = _lora(tiny_llama)
+        fuse_lora_dropout(model)
+        if ckpt:
+            model.base_model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        torch.manual_seed(7)
+        ids = torch.randint(0, 100, (2, 12))
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
