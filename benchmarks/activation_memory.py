@@ -43,10 +43,11 @@ def build(shape: str, layers: int, dropout: float, rank: int, fused: bool = True
     model = LlamaForCausalLM(cfg)
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout,
                                              target_modules=TARGETS))
-    if fused:  # as the training loop does
-        from tuneline.training.lora_dropout import fuse_lora_dropout
+    if fused:  # as the training loop does, and redrawing masks in backward as on a GPU
+        from tuneline.training import lora_dropout
 
-        fuse_lora_dropout(model)
+        lora_dropout.KEEPS_MASK = ()
+        lora_dropout.fuse_lora_dropout(model)
     return model, depth
 
 

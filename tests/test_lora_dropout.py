@@ -40,7 +40,9 @@ def _recording_masks(monkeypatch) -> list:
     return drawn
 
 
-def test_values_and_gradients_equal_dropout_then_linear_with_the_same_mask(tiny_llama, monkeypatch):
+@pytest.mark.parametrize("keeps_mask", [True, False], ids=["mask kept (CPU)", "mask redrawn (GPU)"])
+def test_values_and_gradients_equal_dropout_then_linear_with_the_same_mask(tiny_llama, monkeypatch, keeps_mask):
+    monkeypatch.setattr(lora_dropout, "KEEPS_MASK", ("cpu",) if keeps_mask else ())
     model = _lora(tiny_llama)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     assert fuse_lora_dropout(model) == 7 * len(model.base_model.model.model.layers)
@@ -61,6 +63,7 @@ def test_values_and_gradients_equal_dropout_then_linear_with_the_same_mask(tiny_
     ref.square().sum().backward()
     for g, r in zip(got, (ref.detach(), x2.grad, a2.grad, b2.grad)):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert len(drawn) == (1 if keeps_mask else 2)
     assert all(torch.equal(m, keep) for m in drawn[1:])  # backward redrew the very same mask
 
 
@@ -113,9 +116,10 @@ def test_fused_keeps_fewer_activation_bytes(tiny_llama):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_training_gradients_replay_under_checkpointing(tiny_llama, checkpointing):
+def test_training_gradients_replay_under_checkpointing(tiny_llama, checkpointing, monkeypatch):
     """Recomputing a block under activation checkpointing draws the same masks (the seed comes
     from torch's CPU generator, which checkpointing restores): gradients equal the run without."""
+    monkeypatch.setattr(lora_dropout, "KEEPS_MASK", ())  # the redrawn masks are what replay must match
     grads = []
     for ckpt in (False, checkpointing):
         model = _lora(tiny_llama)

@@ -7,7 +7,8 @@ benchmarks/activation_memory.py on the SmolLM2-1.7B shape in bf16, that is 68 of
 activations per token and block; on a CPU in fp32, 5 bytes per element per projection.
 
 Fused, each adapter keeps only its input x as it came (the one tensor q, k and v share) and the
-seed of its mask; backward redraws the mask and rebuilds the dropped copy. The values and the
+seed of its mask (on a CPU the one-byte mask itself, see KEEPS_MASK); backward redraws the mask
+and rebuilds the dropped copy. The values and the
 gradients are those of dropout followed by the linear layer with the same mask (tested); the masks
 are drawn from the device's generator, seeded from torch's default one, so `torch.manual_seed`
 and activation checkpointing's RNG replay apply as to torch's dropout.
@@ -24,6 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 _LANES = 65536
+# Device types that keep the one-byte mask for backward instead of redrawing it: redrawing costs
+# a CPU ~7 % of a step (random bits at memory speed, twice); a GPU draws nearly free, and memory is
+# what it lacks. (benchmarks/activation_memory.py empties it to count what a GPU keeps.)
+KEEPS_MASK = ("cpu",)
 
 
 def keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
@@ -52,14 +57,14 @@ class _DroppedLinear(torch.autograd.Function):
         scale = 1.0 / (1.0 - p)
         keep = keep_mask(x.shape, p, seed, x.device)
         dropped = torch.where(keep, x, 0).to(dtype).mul_(scale)
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, *([keep] if x.device.type in KEEPS_MASK else []))
         ctx.p, ctx.seed, ctx.dtype, ctx.scale = p, seed, dtype, scale
         return F.linear(dropped, weight.to(dtype))
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        keep = keep_mask(x.shape, ctx.p, ctx.seed, x.device)
+        x, weight, *kept = ctx.saved_tensors
+        keep = kept[0] if kept else keep_mask(x.shape, ctx.p, ctx.seed, x.device)
         grad = grad.to(ctx.dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
