@@ -141,3 +141,54 @@ def test_a_run_plans_its_checkpointing(tmp_path, tiny_llama, capsys, setting, li
     else:
         assert f"Activation checkpointing: {expect} of 2 blocks" in out, out
 
+
+
+def test_room_on_a_gpu_is_its_free_memory_or_the_limit(monkeypatch):
+    """The room auto plans under, read from torch.cuda (mocked: no GPU here)."""
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (30 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 12 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * gib)
+    cuda = torch.device("cuda")
+    # free 30 + cached-but-unused 2, less 1 of optimizer state to come, times the margin
+    assert checkpointing.room_bytes(cuda, None, gib) == pytest.approx(31 * gib * checkpointing.SAFETY)
+    # a limit of 20 GiB with 10 resident leaves 10, less the 1 to come
+    assert checkpointing.room_bytes(cuda, 20, gib) == pytest.approx(9 * gib * checkpointing.SAFETY)
+    assert checkpointing.room_bytes(torch.device("cpu"), None, gib) is None
+
+
+def test_the_dry_run_plans_the_same_checkpointing(tmp_path, tiny_llama):
+    import tuneline
+    from conftest import write_jsonl, write_recipe
+
+    rows = [{"messages": [{"role": "user", "content": f"question {i} " * 3},
+                          {"role": "assistant", "content": f"answer {i} " * 4}]} for i in range(24)]
+    write_jsonl(tmp_path / "chats.jsonl", rows)
+    recipe = write_recipe(tmp_path / "r.yaml", task="generate", model=str(tiny_llama), method="lora",
+                          data={"train": "chats.jsonl"}, train={"max_steps": 2, "batch_size": 4, "max_length": 64},
+                          lora={"r": 4, "alpha": 8}, memory={"limit_gib": 0.001}, output=str(tmp_path / "run"))
+    plan = tuneline.train(recipe, dry_run=True)
+    assert plan["checkpointed_blocks"] == 2 and "checkpointing 2 of 2 blocks" in plan["checkpointing"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_measurement_leaves_the_run_unchanged(tmp_path, tiny_llama):
+    """auto's probe forward draws no random numbers from the run's streams: every block
+    checkpointed by a measured plan trains exactly as every block checkpointed by `true`."""
+    import tuneline
+    from conftest import write_jsonl, write_recipe
+
+    rows = [{"messages": [{"role": "user", "content": f"question {i} " * 3},
+                          {"role": "assistant", "content": f"answer {i} " * 4}]} for i in range(24)]
+    write_jsonl(tmp_path / "chats.jsonl", rows)
+    losses = []
+    for name, memory in (("true", {"gradient_checkpointing": True}), ("auto", {"limit_gib": 0.001})):
+        recipe = write_recipe(tmp_path / f"{name}.yaml", task="generate", model=str(tiny_llama), method="lora",
+                              data={"train": "chats.jsonl"},
+                              train={"max_steps": 3, "batch_size": 4, "max_length": 64, "log_every": 1},
+                              lora={"r": 4, "alpha": 8, "dropout": 0.2}, memory=memory, eval={"max_samples": 1},
+                              generate={"max_new_tokens": 2}, output=str(tmp_path / name))
+        path = tuneline.train(recipe).path
+        losses.append([json.loads(x)["loss"] for x in (path / "metrics.jsonl").read_text().splitlines()
+                       if '"train"' in x])
+    assert losses[0] == losses[1]

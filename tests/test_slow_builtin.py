@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
     ("lora", ["method=lora", "train.lr=1e-3", "lora.r=16", "lora.alpha=32"]),
 ])
 def test_minilm_on_sample_reviews(method, overrides, tmp_path):
-    result = tuneline.train(REVIEWS, overrides=overrides, output=tmp_path / method)
+    # 4 of the demo's 8 epochs, to keep the suite short: measured accuracy 0.85 (full) and 0.83
+    # (lora) against a 0.40 baseline
+    result = tuneline.train(REVIEWS, overrides=[*overrides, "train.epochs=4"], output=tmp_path / method)
     ev = result.eval
     assert ev["tuned"]["accuracy"] >= 0.7, ev["tuned"]
     assert ev["tuned"]["accuracy"] > ev["baseline"]["accuracy"] + 0.25
@@ -79,11 +81,13 @@ def test_smollm2_dpo_on_sst2_pairs_beats_the_base(tmp_path):
     recipe = write_recipe(tmp_path / "dpo.yaml", task="generate", model="smollm2-135m-instruct", method="lora",
                           objective="dpo", data={"train": "train.jsonl", "test": "test.jsonl"},
                           train={"epochs": 1, "lr": 5e-4, "batch_size": 8, "max_length": 128},
-                          lora={"r": 16, "alpha": 32}, generate={"max_new_tokens": 2},
+                          lora={"r": 16, "alpha": 32},
+                          # a short system prompt instead of SmolLM2's default: a fifth fewer tokens per row
+                          generate={"max_new_tokens": 2, "system_prompt": "You judge reviews."},
                           eval={"forgetting": {"max_tokens": 4096}}, output=str(tmp_path / "run"))
     ev = tuneline.train(recipe).eval
-    # measured here: 0.925 vs 0.725, margin 2.88 vs 0.37 (40 test pairs: one pair is 0.025). With 80
-    # training pairs it was only 0.875 vs 0.800: the steps are what it needs
+    # measured here: 0.900 vs 0.675, margin 2.47 vs 0.32 (40 test pairs: one pair is 0.025). With 80
+    # training pairs (and the default system prompt) it was only 0.875 vs 0.800 on rows 80-120
     assert ev["tuned"]["preference_accuracy"] > ev["baseline"]["preference_accuracy"] + 0.1, (ev["tuned"], ev["baseline"])
     assert ev["tuned"]["logp_margin"] > ev["baseline"]["logp_margin"] + 1.0
     assert ev["forgetting"]["measured"]

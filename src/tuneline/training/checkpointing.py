@@ -39,9 +39,9 @@ def checkpointable_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def set_checkpointed(model: nn.Module, k: int) -> int:
-    """Checkpoint the first k blocks and no others (checkpointing already enabled on the model);
-    returns how many are checkpointed."""
-    blocks = checkpointable_blocks(model)
+    """Checkpoint the first k blocks and no others; returns how many are checkpointed. Only blocks
+    that `apply_method` enabled can be (they hold the checkpoint function)."""
+    blocks = [b for b in checkpointable_blocks(model) if hasattr(b, "_gradient_checkpointing_func")]
     for i, block in enumerate(blocks):
         block.gradient_checkpointing = i < k
     return min(k, len(blocks))

@@ -204,8 +204,12 @@ class Trainer:
         self.model.train()
 
         def run_loss():
-            with self.acc.autocast():
-                return self.run_model(lambda m: self.task.loss(m, batch))
+            # the run's random streams untouched (a grpo loss samples answers), its step figures dropped
+            devices = [self.acc.device] if self.acc.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), self.acc.autocast():
+                loss = self.run_model(lambda m: self.task.loss(m, batch))
+            self.task.train_stats()
+            return loss
 
         return run_loss, max(computed, 1)
 
