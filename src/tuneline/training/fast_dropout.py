@@ -16,13 +16,19 @@ from torch import nn
 _LANES = 65536
 
 
+def keep_lanes(shape: torch.Size, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The CPU elements dropout keeps (probability 1 - p, rounded to 1/65536), drawn from
+    `generator` (torch's default CPU one when None), 64 bits a draw."""
+    n = shape.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), None, generator=generator)
+    lanes = bits.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
+    return lanes >= round(p * _LANES) - _LANES // 2
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), None)
-        lanes = bits.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-        keep = lanes >= round(p * _LANES) - _LANES // 2
+        keep = keep_lanes(x.shape, p)
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)  # one byte per element, as torch's own dropout keeps
         ctx.scale = scale

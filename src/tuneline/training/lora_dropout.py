@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LANES = 65536
+from .fast_dropout import keep_lanes
+
 # Device types that keep the one-byte mask for backward instead of redrawing it: redrawing costs
 # a CPU ~7 % of a step (random bits at memory speed, twice); a GPU draws nearly free, and memory is
 # what it lacks. (benchmarks/activation_memory.py empties it to count what a GPU keeps.)
@@ -37,9 +38,7 @@ def keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> t
     rounded to a multiple of 1/65536, see fast_dropout.py); elsewhere uniform draws against p."""
     gen = torch.Generator(device=device).manual_seed(seed)
     if device.type == "cpu":
-        n = shape.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), None, generator=gen)
-        return bits.view(torch.int16)[:n].view(shape) >= round(p * _LANES) - _LANES // 2
+        return keep_lanes(shape, p, gen)
     return torch.rand(shape, device=device, generator=gen) >= p
 
 
