@@ -125,3 +125,22 @@ def tiny_recipe(tmp_path, tiny_bert, cls_data):
         )
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first: `make test` spreads files over two processes (pytest-xdist,
+    --dist loadfile), and the longest files started last would leave one process idle at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order inside a file is kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    # Under pytest-xdist the two processes share the two cores: one OpenMP thread each, or every
+    # parallel region waits on a descheduled thread.
+    # OMP_NUM_THREADS reaches the runs and the commands the tests start (hardware.training_threads).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)

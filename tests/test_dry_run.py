@@ -54,7 +54,7 @@ def test_evaluations_counted_once_each():
 
 def test_probe_times_a_typical_piece_of_the_loops_own_layout():
     lengths = np.array([10] * 90 + [200] * 10)
-    tc = SimpleNamespace(batch_size=8, seed=7, group_by_length=True)
+    tc = SimpleNamespace(batch_size=8, batch_tokens=None, seed=7, group_by_length=True)
     pieces, scale = epoch_layout(lengths, tc, 1024)
     assert scale == 1
     assert pieces == [p for b in epoch_batches(lengths, 8, 7000, True) for p in split_by_tokens(b, lengths, 1024)]

@@ -23,12 +23,17 @@ def test_real_cpu_flags_read():
 def test_training_threads_leave_busy_cores_alone(monkeypatch):
     import psutil
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(hardware, "physical_cores", lambda: 4)
     monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 50.0)  # 2 of 4 cores busy
     assert hardware.training_threads() == (2, "2.0 of 4 cores busy with other work")
     monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 100.0)
     assert hardware.training_threads()[0] == 1  # never fewer than one
     monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 5.0)  # a quiet machine: every core
+    assert hardware.training_threads() == (4, "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's explicit choice wins
+    assert hardware.training_threads() == (3, "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a count: measured as before
     assert hardware.training_threads() == (4, "")
 
 

@@ -70,7 +70,11 @@ def training_threads() -> tuple[int, str]:
     """Threads for CPU training when the recipe names none: the physical cores not already busy.
     An OpenMP team larger than the free cores waits on its slowest (descheduled) thread at
     every parallel region: on this 2-core machine with other jobs running, 2 threads trained
-    at 5.9 tokens/s where 1 thread reached 87, and a 512x512 matmul ran at 11-16 vs 49-51 GFLOP/s."""
+    at 5.9 tokens/s where 1 thread reached 87, and a 512x512 matmul ran at 11-16 vs 49-51 GFLOP/s.
+    An OMP_NUM_THREADS in the environment is the caller's choice and is taken as it is."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env), ""
     cores = physical_cores()
     busy = busy_cores()
     n = max(1, cores - round(busy))

@@ -85,6 +85,10 @@ class TrainConfig(_Strict):
         f"{m.name} {m.default_lr:.1e}".replace(".0e", "e").replace("e-0", "e-") for m in METHODS.values())
         + "; a tenth of that for the objectives other than sft")
     batch_size: int = Field(16, ge=1)
+    batch_tokens: Optional[int] = Field(
+        None, ge=8, description="cut each epoch into batches by tokens instead of rows: rows are gathered while "
+        "their real (unpadded) tokens stay within this (batch_size then counts for evaluation only). Steps of "
+        "even work: on a GPU, 16384-32768 with memory.packing keeps the device busy")
     eval_batch_size: Optional[int] = Field(None, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(128, ge=8)

@@ -13,20 +13,56 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_lengt
     inside each, and the batches shuffled again: little padding, still random.
     """
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(lengths))
-    if group_by_length:
-        mega = batch_size * 50
-        chunks = []
-        lens = np.asarray(lengths)
-        for start in range(0, len(order), mega):
-            part = order[start:start + mega]
-            chunks.append(part[np.argsort(-lens[part], kind="stable")])
-        order = np.concatenate(chunks)
+    order = _epoch_order(lengths, rng, batch_size * 50 if group_by_length else None)
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        perm = rng.permutation(len(batches))
-        batches = [batches[i] for i in perm]
-    return batches
+    return _shuffled(batches, rng) if group_by_length else batches
+
+
+def token_batches(lengths, budget: int, seed: int, group_by_length: bool) -> list[list[int]]:
+    """The batches of one epoch cut by tokens instead of rows (train.batch_tokens): rows, in the
+    order epoch_batches would take them, are gathered while their real (unpadded) tokens stay
+    within `budget`; a row longer than the budget goes alone. Every step then trains about the
+    same number of tokens, so a GPU step is never a few short rows bound by fixed per-step cost.
+    Every row appears once; a pure function of (lengths, budget, seed, group_by_length)."""
+    rng = np.random.default_rng(seed)
+    lens = np.asarray(lengths, dtype=np.int64)
+    mean = max(1.0, float(lens.mean())) if len(lens) else 1.0
+    order = _epoch_order(lens, rng, max(1, round(50 * budget / mean)) if group_by_length else None)
+    batches: list[list[int]] = []
+    held = budget + 1  # tokens in the last batch; more than the budget: start a new one
+    for i in order.tolist():
+        n = int(lens[i])
+        if held + n > budget:
+            batches.append([])
+            held = 0
+        batches[-1].append(i)
+        held += n
+    return _shuffled(batches, rng) if group_by_length else batches
+
+
+def _epoch_order(lengths, rng: np.random.Generator, mega: int | None) -> np.ndarray:
+    """The epoch's row order: a permutation; with `mega`, sorted by length (longest first) inside
+    consecutive chunks of `mega` rows, so neighbouring rows are alike in length."""
+    order = rng.permutation(len(lengths))
+    if mega is None:
+        return order
+    lens = np.asarray(lengths)
+    chunks = [order[s:s + mega][np.argsort(-lens[order[s:s + mega]], kind="stable")]
+              for s in range(0, len(order), mega)]
+    return np.concatenate(chunks) if chunks else order
+
+
+def _shuffled(batches: list[list[int]], rng: np.random.Generator) -> list[list[int]]:
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train_batches(lengths, tc, epoch: int) -> list[list[int]]:
+    """The training batches of `epoch` for a recipe's train section: by train.batch_tokens when
+    set, else by train.batch_size rows. The seed is the run's seed and the epoch."""
+    seed = tc.seed * 1000 + epoch
+    if tc.batch_tokens:
+        return token_batches(lengths, tc.batch_tokens, seed, tc.group_by_length)
+    return epoch_batches(lengths, tc.batch_size, seed, tc.group_by_length)
 
 
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

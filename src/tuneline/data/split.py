@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ..errors import UserError
 
@@ -19,6 +18,9 @@ def split_indices(n: int, size: float, seed: int, strata) -> tuple[np.ndarray, n
         n_test = max(1, round(size * n))
         if counts.min() < 2 or n_test < len(counts):
             stratify = None
+    # imported here: scikit-learn (with scipy) is 3 s of a command's start, and most runs give their splits
+    from sklearn.model_selection import train_test_split
+
     keep, held = train_test_split(idx, test_size=size, random_state=seed, stratify=stratify)
     return np.sort(keep), np.sort(held)
 

@@ -77,7 +77,8 @@ def _training_lines(run: RunDir, manifest: dict) -> list[str]:
     return lines + [
         "", "## Training procedure", "",
         f"- method `{manifest.get('method')}`, {manifest.get('steps')} optimizer steps "
-        f"(best at {manifest.get('best_step')}), lr {t.get('lr')}, batch {t.get('batch_size')} x "
+        f"(best at {manifest.get('best_step')}), lr {t.get('lr')}, batch "
+        f"{str(t['batch_tokens']) + ' tokens' if t.get('batch_tokens') else t.get('batch_size')} x "
         f"{t.get('grad_accum')} accumulation, max length {t.get('max_length')}, precision {manifest.get('precision')}",
         f"- trainable parameters {params.get('trainable', 0):,} of {params.get('total', 0):,}",
         f"- wall time {manifest.get('wall_seconds')} s on {json.dumps(manifest.get('hardware', {}))}"]

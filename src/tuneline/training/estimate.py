@@ -45,9 +45,9 @@ def padded_tokens(rows: list[int], lengths, packed_to: int | None = None) -> int
 def epoch_layout(lengths, tc, budget: int | None) -> tuple[list[list[int]], float]:
     """The pieces of the first epoch's batches as the loop forms them (a sample of a large epoch)
     and the factor from the sample to the whole epoch."""
-    from ..data.batching import epoch_batches, split_by_tokens
+    from ..data.batching import split_by_tokens, train_batches
 
-    batches = epoch_batches(lengths, tc.batch_size, tc.seed * 1000, tc.group_by_length)
+    batches = train_batches(lengths, tc, 0)
     sample = batches[:SAMPLED_BATCHES]  # already in random order
     pieces = [p for b in sample for p in split_by_tokens(b, lengths, budget)]
     return pieces, len(batches) / max(len(sample), 1)
@@ -167,7 +167,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
 
     torch.manual_seed(recipe.train.seed)
     tc = recipe.train
-    plan = make_plan(len(prepared.train), tc)
+    plan = make_plan(len(prepared.train), tc, prepared.train.lengths)
     device = torch.device("cuda" if hardware.device_type() == "cuda" else "cpu")
     precision = hardware.resolve_precision(tc.precision)
     model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe, task)
@@ -205,7 +205,8 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     # activations live for one piece of memory.micro_batch_tokens at a time, not the whole batch:
     # the probe's growth, scaled from its piece to the largest piece of the layout
     width = max(1, probe["padded"] // max(probe["rows"], 1))
-    live_rows = tc.batch_size if budget is None else min(tc.batch_size, max(1, budget // width))
+    batch_rows = round(len(lengths) / max(plan.micro_batches_per_epoch, 1)) if tc.batch_tokens else tc.batch_size
+    live_rows = batch_rows if budget is None else min(batch_rows, max(1, budget // width))
     largest = max((padded_tokens(p, lengths, packed_to) for p in pieces), default=probe["padded"])
     grow = max(1.0, largest / max(probe["padded"], 1))
     if device.type == "cuda":
@@ -229,7 +230,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
         "evaluations": n_evals,
         "estimated_train_seconds": round(train_s, 1), "estimated_eval_seconds": round(eval_s, 1),
         "estimated_peak_bytes": int(peak), "available_bytes": int(available), "memory_on": device.type,
-        "rows_per_forward": live_rows, "packed": bool(packed_to), "checkpointed_blocks": checkpointed,
+        "rows_per_batch": batch_rows, "rows_per_forward": live_rows, "packed": bool(packed_to), "checkpointed_blocks": checkpointed,
         "checkpointing": ckpt_line,
     }
 
@@ -244,9 +245,10 @@ def format_plan(p: dict, recipe, precision: str, where: str) -> str:
         f"  model      {recipe.model}, method {recipe.method}: trainable {p['trainable']:,} of {p['total']:,} "
         f"({100 * p['trainable'] / max(p['total'], 1):.2f} %)",
         f"  steps      {p['steps']:,} ({p['steps_per_epoch']:,} per epoch, {p['epochs']} epochs), batch "
-        f"{tc.batch_size} x {tc.grad_accum} accumulation, lr {tc.lr:g}"
+        + (f"of up to {tc.batch_tokens:,} tokens (~{p['rows_per_batch']} rows)" if tc.batch_tokens else
+           f"{tc.batch_size}") + f" x {tc.grad_accum} accumulation, lr {tc.lr:g}"
         + (f"; ~{p['rows_per_forward']} rows per forward (memory.micro_batch_tokens)"
-           if p.get("rows_per_forward", tc.batch_size) < tc.batch_size else "")
+           if p.get("rows_per_forward", p["rows_per_batch"]) < p["rows_per_batch"] else "")
         + ("; rows packed end to end (memory.packing)" if p.get("packed") else ""),
         f"  precision  {precision} on {where}",
         *([f"  memory     {p['checkpointing']}"] if p.get("checkpointing") else []),

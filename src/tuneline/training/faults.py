@@ -74,11 +74,14 @@ def memory_advice(recipe) -> str:
     t = recipe.train
     steps = []
     # a smaller piece per forward is the same update: try it before anything that changes the run
-    budget = recipe.memory.token_budget(device_type()) or t.batch_size * t.max_length
+    budget = recipe.memory.token_budget(device_type()) or t.batch_tokens or t.batch_size * t.max_length
     if budget > max(8, t.max_length):
         steps.append(f"--set memory.micro_batch_tokens={max(8, t.max_length, budget // 2)} (same update, "
                      "fewer rows per forward)")
-    if t.batch_size > 1:
+    if t.batch_tokens and t.batch_tokens > t.max_length:
+        steps.append(f"--set train.batch_tokens={t.batch_tokens // 2} --set train.grad_accum={t.grad_accum * 2} "
+                     "(same tokens per step)")
+    elif t.batch_size > 1:
         half = max(1, t.batch_size // 2)
         steps.append(f"--set train.batch_size={half} --set train.grad_accum={t.grad_accum * t.batch_size // half} "
                      "(same effective batch)")
@@ -98,7 +101,8 @@ def explain(e: BaseException, recipe, run) -> Exception:
     t = recipe.train
     if _is_oom(e):
         return RunFailed(
-            f"out of memory (train.batch_size={t.batch_size}, train.grad_accum={t.grad_accum}, "
+            f"out of memory (train.{'batch_tokens' if t.batch_tokens else 'batch_size'}="
+            f"{t.batch_tokens or t.batch_size}, train.grad_accum={t.grad_accum}, "
             f"train.max_length={t.max_length}, method {recipe.method}). Change, in this order: {memory_advice(recipe)}. "
             f"`tuneline train RECIPE --dry-run` estimates the peak memory before a run.")
     if _is_disk_full(e, run):

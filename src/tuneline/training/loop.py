@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import checkpointing, distributed, faults, sharding
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
-from ..data.batching import epoch_batches, pack_rows, split_by_tokens
+from ..data.batching import pack_rows, split_by_tokens, train_batches
 from ..errors import UserError
 from ..evaluation import direction
 from .fast_dropout import use_fast_dropout
@@ -36,8 +36,15 @@ class Plan:
     warmup_steps: int
 
 
-def make_plan(n_rows: int, tc) -> Plan:
-    micro = math.ceil(n_rows / tc.batch_size)
+def make_plan(n_rows: int, tc, lengths=None) -> Plan:
+    """Steps of the run. With train.batch_tokens the batches are counted from the first epoch's
+    layout (`lengths`: the train rows' token counts); later epochs differ by a batch at most."""
+    if tc.batch_tokens:
+        if lengths is None:
+            raise UserError("train.batch_tokens: this command plans by rows; use train.batch_size here")
+        micro = len(train_batches(lengths, tc, 0))
+    else:
+        micro = math.ceil(n_rows / tc.batch_size)
     per_epoch = math.ceil(micro / tc.grad_accum)
     total = tc.max_steps or max(1, math.ceil(tc.epochs * per_epoch))
     return Plan(micro, per_epoch, total, int(round(tc.warmup_ratio * total)))
@@ -134,7 +141,7 @@ class Trainer:
         self.pad_id = ctx.tokenizer.pad_token_id
         self.acc = accelerator
         self.tc = ctx.recipe.train
-        self.plan = make_plan(len(self.train_data), self.tc)
+        self.plan = make_plan(len(self.train_data), self.tc, self.train_data.lengths)
         es = self.tc.early_stopping
         self.watch = es.metric if es else self.task.default_metric
         self.mode = es.resolved_mode() if es else direction.mode(self.watch)
@@ -197,7 +204,7 @@ class Trainer:
     def _probe_piece(self):
         """(run the loss once, its computed tokens) on a real piece of about PROBE_TOKENS tokens."""
         lengths = self.train_data.lengths
-        first = epoch_batches(lengths, self.tc.batch_size, self.tc.seed * 1000, self.tc.group_by_length)[0]
+        first = train_batches(lengths, self.tc, 0)[0]
         rows = split_by_tokens(first, lengths, checkpointing.PROBE_TOKENS)[0]
         batch, _, _, computed = self._micro_batches(rows, lengths)[0]
         batch = {k: v.to(self.acc.device) for k, v in batch.items()}
@@ -307,8 +314,7 @@ class Trainer:
         """The rest of the epoch from state["micro"] (a resumed run starts mid-epoch); True when training ends."""
         tc = self.tc
         # the batches are a pure function of seed and epoch: a resumed run draws the same ones
-        batches = epoch_batches(self.train_data.lengths, tc.batch_size, tc.seed * 1000 + state["epoch"],
-                                tc.group_by_length)
+        batches = train_batches(self.train_data.lengths, tc, state["epoch"])
         for start in range(state["micro"], len(batches), tc.grad_accum):
             end = min(start + tc.grad_accum, len(batches))
             if self._train_step(batches[start:end], state, end, epoch_done=end >= len(batches)):
