@@ -26,10 +26,10 @@ demo: setup
 # Two processes (pytest-xdist), a test file each at a time: the CLI tests wait on imports and
 # subprocesses while the other process computes.
 test: setup browser
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: setup browser
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -129,7 +129,8 @@ def tiny_recipe(tmp_path, tiny_bert, cls_data):
 
 def pytest_collection_modifyitems(config, items):
     """Files with slow tests first: `make test` spreads files over two processes (pytest-xdist,
-    --dist loadfile), and the longest files started last would leave one process idle at the end."""
+    --dist loadfile, in this order with --no-loadscope-reorder), and the longest files started
+    last would leave one process idle at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: the order inside a file is kept
 

@@ -172,9 +172,10 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     precision = hardware.resolve_precision(tc.precision)
     model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe, task)
     trainable, total = count_parameters(model)
-    fuse_lora_dropout(model)  # as the training loop does
-    if device.type == "cpu":
-        use_fast_dropout(model)
+    if not tc.compile:  # as the training loop does (the probe runs eager either way)
+        fuse_lora_dropout(model)
+        if device.type == "cpu":
+            use_fast_dropout(model)
     cuda_before = 0
     if device.type == "cuda":
         from .frozen_precision import cast_frozen, frozen_dtype

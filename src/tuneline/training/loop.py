@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from . import checkpointing, distributed, faults, sharding
+from .compiling import compile_blocks
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from ..data.batching import pack_rows, split_by_tokens, train_batches
 from ..errors import UserError
@@ -159,12 +161,14 @@ class Trainer:
         self.guard = DivergenceGuard(self.tc.divergence, self.run, self.tc.lr, self.tc.max_grad_norm,
                                      self.task.loss_falls)
         self._plan_checkpointing()
+        self.compiled = compile_blocks(self.model, self.tc.compile, self.sharded)  # after the plan's eager probe
 
     def _place_model(self) -> None:
         """Training-only model changes, then the model sharded or moved to this process's device."""
-        fuse_lora_dropout(self.model)  # before the CPU's dropout swap: PEFT's dropout goes into lora_A
-        if self.acc.device.type == "cpu":
-            use_fast_dropout(self.model)
+        if not self.tc.compile:  # compiled blocks get Inductor's fused dropout instead (compiling.py)
+            fuse_lora_dropout(self.model)  # before the CPU's dropout swap: PEFT's dropout goes into lora_A
+            if self.acc.device.type == "cpu":
+                use_fast_dropout(self.model)
         if self.tc.neftune_alpha:
             enable_neftune(self.model, self.tc.neftune_alpha)
         # fsdp needs more than one process; with one it is plain training
@@ -261,8 +265,9 @@ class Trainer:
         return self.root(fn) if self.root is not None else fn(self.model)
 
     def evaluate(self) -> dict:
-        return self.run_model(lambda m: self.task.evaluate(m, self.val_data, self.labels, self.pad_id, self.eval_batch,
-                                                      self.acc.device))
+        with self.compiled.eager() if self.compiled else nullcontext():
+            return self.run_model(lambda m: self.task.evaluate(m, self.val_data, self.labels, self.pad_id,
+                                                          self.eval_batch, self.acc.device))
 
     def _save_weights(self, folder) -> None:
         if self.main or self.sharded:  # sharded: every rank helps gather, rank 0 writes
@@ -292,6 +297,8 @@ class Trainer:
         while not done:
             done = self._train_epoch(state)
         self._progress.bar.close()
+        if self.compiled:  # the finish evaluates and generates: plain blocks
+            self.compiled.off()
         for cb in self.callbacks:
             cb.on_train_end(self, state)
         return state
