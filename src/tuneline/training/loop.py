@@ -43,7 +43,8 @@ def make_plan(n_rows: int, tc, lengths=None) -> Plan:
     layout (`lengths`: the train rows' token counts); later epochs differ by a batch at most."""
     if tc.batch_tokens:
         if lengths is None:
-            raise UserError("train.batch_tokens: this command plans by rows; use train.batch_size here")
+            raise UserError("train.batch_tokens: `tuneline tune` plans its trials from row counts and cannot use "
+                            "it yet; remove it and set train.batch_size")
         micro = len(train_batches(lengths, tc, 0))
     else:
         micro = math.ceil(n_rows / tc.batch_size)
