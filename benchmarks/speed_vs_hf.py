@@ -4,6 +4,7 @@
     python benchmarks/speed_vs_hf.py --job full     # MiniLM-L6 full tuning on ../shared/data/sst2
     python benchmarks/speed_vs_hf.py --job lora --device cuda --shape 1.7b --batch 8    # on a GPU
     python benchmarks/speed_vs_hf.py --job lora --device cuda --shape 1.7b --batch 64 --steps 12
+    python benchmarks/speed_vs_hf.py --job lora --steps 80 --compile   # tuneline with train.compile
 
 --shape builds a random-weight Llama of a SmolLM2 size (weights do not change speed or memory) with
 the built-in SmolLM2 tokenizer, so a GPU run needs no download. On a GPU both sides run bf16 (the
@@ -267,6 +268,8 @@ def tuneline_side(args) -> dict:
                        "scheduler": "linear", "num_threads": args.threads}  # the same threads as the HF side
     if args.gradient_checkpointing:
         recipe["memory"] = {"gradient_checkpointing": True}
+    if args.compile:
+        recipe["train"]["compile"] = True
     recipe["output"] = str(tmp / "run")
     from tuneline.recipe import recipe_from_dict
 
@@ -338,6 +341,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--gradient-checkpointing", action="store_true", help="tuneline side: recompute activations")
+    p.add_argument("--compile", action="store_true", help="tuneline side: train.compile (the first step compiles)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--shape", choices=list(SHAPES), help="lora job: a random-weight Llama of this SmolLM2 size "
                    "instead of the built-in SmolLM2-135M")
@@ -364,7 +368,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--job", args.job, "--side", side, "--steps", str(args.steps),
                "--rows", str(args.rows), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads),
                "--seed", str(args.seed), "--device", args.device, "--model", args.model, "--batch", str(args.batch),
-               "--max-len", str(args.max_len)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+               "--max-len", str(args.max_len)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else []) \
+            + (["--compile"] if args.compile else [])
         print(f"running {side} ...", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
