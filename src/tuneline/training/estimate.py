@@ -231,8 +231,8 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
         "evaluations": n_evals,
         "estimated_train_seconds": round(train_s, 1), "estimated_eval_seconds": round(eval_s, 1),
         "estimated_peak_bytes": int(peak), "available_bytes": int(available), "memory_on": device.type,
-        "rows_per_batch": batch_rows, "rows_per_forward": live_rows, "packed": bool(packed_to), "checkpointed_blocks": checkpointed,
-        "checkpointing": ckpt_line,
+        "rows_per_batch": batch_rows, "rows_per_forward": live_rows, "packed": bool(packed_to),
+        "checkpointed_blocks": checkpointed, "checkpointing": ckpt_line,
     }
 
 
