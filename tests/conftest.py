@@ -91,6 +91,13 @@ def synthetic_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def say_chats(n: int, step: int = 7, mod: int = 23, answers: int = 5) -> list[dict]:
+    """n short chats of varied lengths ("say word word ..." -> "ok ok ... i") for tiny-Llama runs."""
+    return [{"messages": [{"role": "user", "content": "say " + " ".join(["word"] * (i * step % mod + 1))},
+                          {"role": "assistant", "content": " ".join(["ok"] * (i % answers + 1)) + f" {i}"}]}
+            for i in range(n)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

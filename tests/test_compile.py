@@ -15,7 +15,7 @@ import tuneline
 from tuneline.errors import UserError
 from tuneline.training import compiling
 
-from conftest import write_jsonl, write_recipe
+from conftest import say_chats, write_jsonl, write_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +46,7 @@ def test_compiled_blocks_switch_to_eager_keep_their_names_and_are_refused_under_
 
 
 def _recipe(tmp_path, tiny_llama, compile_: bool):
-    rows = [{"messages": [{"role": "user", "content": "say " + " ".join(["word"] * (i * 5 % 17 + 1))},
-                          {"role": "assistant", "content": " ".join(["ok"] * (i % 4 + 1)) + f" {i}"}]}
-            for i in range(16)]
-    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "train.jsonl", say_chats(16, step=5, mod=17, answers=4))
     return write_recipe(
         tmp_path / f"{compile_}.yaml", task="generate", model=str(tiny_llama), method="lora",
         data={"train": "train.jsonl", "test": "train.jsonl"},

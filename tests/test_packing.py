@@ -17,7 +17,7 @@ from tuneline.recipe import recipe_from_dict
 from tuneline.tasks import get_task
 from tuneline.tasks.generate import ChatEncoded, collate_chat
 
-from conftest import write_jsonl, write_recipe
+from conftest import say_chats, write_jsonl, write_recipe
 
 
 def test_pack_rows_fills_sequences_and_keeps_every_row():
@@ -75,10 +75,7 @@ def test_packed_and_padded_rows_give_the_same_loss_and_gradients(tiny_llama):
 
 
 def _recipe(tmp_path, tiny_llama, packing: bool, **train):
-    rows = [{"messages": [{"role": "user", "content": "say " + " ".join(["word"] * (i * 7 % 23 + 1))},
-                          {"role": "assistant", "content": " ".join(["ok"] * (i % 5 + 1)) + f" {i}"}]}
-            for i in range(24)]
-    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "train.jsonl", say_chats(24))
     return write_recipe(
         tmp_path / f"{packing}.yaml", task="generate", model=str(tiny_llama), method="lora",
         data={"train": "train.jsonl", "test": "train.jsonl"},

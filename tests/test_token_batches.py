@@ -15,7 +15,7 @@ from tuneline.recipe import recipe_from_dict
 from tuneline.training import loop
 from tuneline.training.loop import make_plan
 
-from conftest import write_jsonl, write_recipe
+from conftest import say_chats, write_jsonl, write_recipe
 
 
 def test_token_batches_keep_every_row_once_within_the_budget():
@@ -60,10 +60,7 @@ def test_the_plan_counts_token_batches_and_commands_without_lengths_say_so():
 
 
 def test_a_run_by_tokens_trains_each_row_once_per_epoch_in_steps_under_the_budget(tmp_path, tiny_llama, monkeypatch):
-    rows = [{"messages": [{"role": "user", "content": "say " + " ".join(["word"] * (i * 7 % 23 + 1))},
-                          {"role": "assistant", "content": " ".join(["ok"] * (i % 5 + 1)) + f" {i}"}]}
-            for i in range(30)]
-    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "train.jsonl", say_chats(30))
     recipe = write_recipe(
         tmp_path / "r.yaml", task="generate", model=str(tiny_llama), method="lora",
         data={"train": "train.jsonl", "validation": "train.jsonl", "test": "train.jsonl"},
