@@ -32,7 +32,7 @@ SHAPES = {  # SmolLM2's configs (hidden, intermediate, layers, heads, kv heads);
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build(shape: str, layers: int, dropout: float, rank: int, fused: bool = True):
+def build(shape: str, layers: int, dropout: float, rank: int, fused: bool = True, lean: bool = True):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -43,6 +43,10 @@ def build(shape: str, layers: int, dropout: float, rank: int, fused: bool = True
     model = LlamaForCausalLM(cfg)
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout,
                                              target_modules=TARGETS))
+    if lean:  # as the training loop does (training/lean_activations.py)
+        from tuneline.training.lean_activations import lean_activations
+
+        lean_activations(model)
     if fused:  # as the training loop does, and redrawing masks in backward as on a GPU
         from tuneline.training import lora_dropout
 
@@ -99,11 +103,12 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--checkpoint", choices=["none", "all"], default="none")
     ap.add_argument("--peft-dropout", action="store_true", help="PEFT's own LoRA dropout, not tuneline's fused one")
+    ap.add_argument("--plain-layers", action="store_true", help="transformers' own norms and MLPs, not the lean ones")
     ap.add_argument("--step-tokens", type=int, default=11_000, help="tokens per step for the printed total")
     a = ap.parse_args()
     torch.manual_seed(0)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[a.precision]
-    model, depth = build(a.shape, a.layers, a.dropout, a.rank, not a.peft_dropout)
+    model, depth = build(a.shape, a.layers, a.dropout, a.rank, not a.peft_dropout, not a.plain_layers)
     if dtype != torch.float32:
         from tuneline.training.frozen_precision import cast_frozen
 
@@ -114,13 +119,15 @@ def main() -> None:
     head = m["head"] / a.tokens
     recompute = 0.0
     if ckpt:  # one block's full activations live again during its backward
-        full, _ = build(a.shape, 1, a.dropout, a.rank, not a.peft_dropout)
+        full, _ = build(a.shape, 1, a.dropout, a.rank, not a.peft_dropout, not a.plain_layers)
         if dtype != torch.float32:
             cast_frozen(full, dtype)
         recompute = measure(full, a.tokens, dtype, False)["body"] / a.tokens
     step_gib = (per_block * depth + head + recompute) * a.step_tokens / 2 ** 30
     how = "PEFT's" if a.peft_dropout else "fused"
-    print(f"{a.shape} LoRA r{a.rank}, {how} dropout {a.dropout}, {a.precision}, checkpoint {a.checkpoint}, "
+    layers = "plain" if a.plain_layers else "lean"
+    print(f"{a.shape} LoRA r{a.rank}, {how} dropout {a.dropout}, {layers} norms and MLPs, {a.precision}, "
+          f"checkpoint {a.checkpoint}, "
           f"{a.tokens} tokens:")
     print(f"  per block  {per_block / 1024:8.1f} KiB/token  x {depth} blocks = {per_block * depth / 2**20:.2f} MiB/token")
     print(f"  head+loss  {head / 1024:8.1f} KiB/token")

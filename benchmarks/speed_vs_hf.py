@@ -15,7 +15,9 @@ GPU memory of each side's training is printed.
 The plain way is what a user writes: transformers.Trainer (+ PEFT for LoRA), the data collator
 padding to the longest row of each (randomly drawn) batch, same model, rows, lr, batch, steps,
 fp32. Each side runs in its own process (clean peak RSS). Printed per side: trained (non-padding)
-tokens/s, share of padding, wall time, peak RSS, training loss, the held-out figure (LoRA: loss on
+tokens/s, share of padding, wall time, peak RSS (up to the end of training, which for tuneline
+includes its validation passes, and for the whole process, which includes this script's own
+held-out scoring), training loss, the held-out figure (LoRA: loss on
 assistant tokens of held-out chats; full: SST-2 validation accuracy), model FLOP/s as a share of
 the measured fp32 matmul peak; then the ratios.
 """
@@ -209,7 +211,7 @@ def hf_side(args) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     res = {"train_seconds": train_s, "real_tokens": collator.real, "computed_tokens": collator.padded,
            "loss_first": losses[0] if losses else None, "loss_mean": sum(losses) / len(losses) if losses else None,
-           "loss_last_quarter": _tail_mean(losses), "steps": out.global_step}
+           "loss_last_quarter": _tail_mean(losses), "steps": out.global_step, "peak_rss_train": peak_rss()}
     if gpu:
         res["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
     if args.job == "lora":
@@ -274,7 +276,11 @@ def tuneline_side(args) -> dict:
     from tuneline.recipe import recipe_from_dict
 
     gpu = args.device == "cuda"
-    tuneline.train(recipe_from_dict(recipe), force=True, callbacks=[_GpuPeak()] if gpu else [])
+    if args.plain_layers:  # to measure that lever: the loop's swap made a no-op
+        from tuneline.training import loop
+
+        loop.lean_activations = lambda model: (0, 0)
+    tuneline.train(recipe_from_dict(recipe), force=True, callbacks=[_TrainPeak()])
     manifest = json.loads((tmp / "run" / "run.json").read_text())
     metrics = [json.loads(l) for l in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if m["type"] == "train"]
@@ -282,9 +288,9 @@ def tuneline_side(args) -> dict:
     res = {"train_seconds": manifest["train_seconds"], "real_tokens": manifest["trained_tokens"],
            "computed_tokens": manifest.get("computed_tokens", manifest["trained_tokens"]),
            "loss_first": losses[0], "loss_mean": sum(losses) / len(losses), "loss_last_quarter": _tail_mean(losses),
-           "steps": manifest["steps"]}
+           "steps": manifest["steps"], "peak_rss_train": _TrainPeak.rss}
     if gpu:
-        res["gpu_peak_bytes"] = _GpuPeak.peak
+        res["gpu_peak_bytes"] = _TrainPeak.peak
         res["per_step"] = [(m["step"], m["tokens_per_s"]) for m in metrics if m["type"] == "train"]
     if args.job == "lora":
         from transformers import AutoModelForCausalLM
@@ -296,22 +302,26 @@ def tuneline_side(args) -> dict:
     return res
 
 
-class _GpuPeak:
-    """The training loop's peak GPU memory (evaluation and the report after it excluded)."""
+class _TrainPeak:
+    """The training loop's peak GPU memory and the process's peak RSS up to its end (evaluation and the
+    report after it excluded)."""
 
-    peak = None
+    peak = rss = None
 
     def on_train_start(self, trainer, state):
         import torch
 
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
 
     def on_train_end(self, trainer, state):
         import torch
 
-        torch.cuda.synchronize()
-        _GpuPeak.peak = torch.cuda.max_memory_allocated()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            _TrainPeak.peak = torch.cuda.max_memory_allocated()
+        _TrainPeak.rss = peak_rss()  # the process's peak so far: loading and training, not the finish
 
     def on_log(self, trainer, record):
         pass
@@ -342,6 +352,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--gradient-checkpointing", action="store_true", help="tuneline side: recompute activations")
     p.add_argument("--compile", action="store_true", help="tuneline side: train.compile (the first step compiles)")
+    p.add_argument("--plain-layers", action="store_true",
+                   help="tuneline side: transformers' own norms and MLPs (training/lean_activations.py off)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--shape", choices=list(SHAPES), help="lora job: a random-weight Llama of this SmolLM2 size "
                    "instead of the built-in SmolLM2-135M")
@@ -369,7 +381,7 @@ def main() -> None:
                "--rows", str(args.rows), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads),
                "--seed", str(args.seed), "--device", args.device, "--model", args.model, "--batch", str(args.batch),
                "--max-len", str(args.max_len)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else []) \
-            + (["--compile"] if args.compile else [])
+            + (["--compile"] if args.compile else []) + (["--plain-layers"] if args.plain_layers else [])
         print(f"running {side} ...", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -413,7 +425,8 @@ def main() -> None:
     print(fmt.format("", "plain HF", "tuneline", "ratio"))
     lines = [("tokens_per_s", "trained tokens/s", "{:.1f}"), ("tokens_per_step", "trained tokens/step", "{:.0f}"),
              ("train_seconds", "train seconds", "{:.1f}"), ("wall_seconds", "wall seconds (process)", "{:.1f}"),
-             ("peak_rss", "peak RSS (GiB)", "{:.2f}"), ("padding_share", "padding share", "{:.1%}"),
+             ("peak_rss_train", "peak RSS, training (GiB)", "{:.2f}"), ("peak_rss", "peak RSS, process (GiB)", "{:.2f}"),
+             ("padding_share", "padding share", "{:.1%}"),
              ("loss_mean", "mean training loss", "{:.4f}"), ("loss_last_quarter", "loss, last quarter", "{:.4f}"),
              (quality, quality.replace("_", " "), "{:.4f}"), ("mfu", "share of matmul peak", "{:.1%}")]
     if gpu:
@@ -421,8 +434,8 @@ def main() -> None:
                   ("gpu_peak_gib", "peak GPU memory (GiB)", "{:.2f}")]
     for key, label, f in lines:
         hv, tv = h.get(key), t.get(key)
-        if key == "peak_rss":
-            hv, tv = hv / 2 ** 30, tv / 2 ** 30
+        if key.startswith("peak_rss"):
+            hv, tv = (None if v is None else v / 2 ** 30 for v in (hv, tv))
         hs, ts = ("-" if v is None else f.format(v) for v in (hv, tv))
         ratio = f"{tv / hv:.2f}x" if hv and tv is not None else "-"
         print(fmt.format(label, hs, ts, ratio))

@@ -30,3 +30,18 @@ def test_chunk_size_follows_the_vocabulary():
     assert chunk_tokens(49152) == 2 ** 26 // 49152
     assert chunk_tokens(152064) < chunk_tokens(49152)
     assert chunk_tokens(10 ** 9) == 256
+
+
+def test_scoring_without_gradients_chunks_too():
+    """Under no_grad (validation, the test evaluation) the chunks run plainly: the same loss, and no
+    logits computed at once than one chunk's (the widths of the head's outputs)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden, labels = torch.randn(11, 16), torch.randint(0, 50, (11,))
+    widths = []
+    head.register_forward_hook(lambda m, args, out: widths.append(out.shape[0]))
+    with torch.no_grad():
+        one = answer_cross_entropy(head, hidden, labels, chunk=1000)
+        chunked = answer_cross_entropy(head, hidden, labels, chunk=3)
+    torch.testing.assert_close(chunked, one, rtol=1e-6, atol=1e-6)
+    assert widths == [11, 3, 3, 3, 2]

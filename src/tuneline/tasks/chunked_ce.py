@@ -5,7 +5,8 @@ gradient: 8,192 answer tokens of a 49k vocabulary make three 1.6 GB tensors. Abo
 `chunk_tokens(vocab)` answer tokens (1,365 for 49k), each chunk's logits are computed, reduced to
 its summed loss and dropped; the backward pass recomputes them one chunk at a time
 (torch.utils.checkpoint), costing one more output-layer forward. Below it, one plain pass (a
-CPU's micro-batches of 1,024 tokens never reach it; a GPU's whole batches do). Liger-Kernel fuses
+CPU's micro-batches of 1,024 tokens never reach it; a GPU's whole batches do, and so does scoring
+under no_grad, whose batches are twice the training batch and uncut). Liger-Kernel fuses
 the same on GPUs with Triton; this is the portable form, which every device runs.
 """
 
@@ -36,6 +37,10 @@ def answer_cross_entropy(head, hidden: torch.Tensor, labels: torch.Tensor, chunk
     chunk = chunk or chunk_tokens(head.weight.shape[0] if hasattr(head, "weight") else 0)
     if n <= chunk:
         return F.cross_entropy(head(hidden).float(), labels)
-    total = sum(checkpoint(_summed, head, hidden[i:i + chunk], labels[i:i + chunk], use_reentrant=False)
-                for i in range(0, n, chunk))
+    starts = range(0, n, chunk)
+    if torch.is_grad_enabled():
+        total = sum(checkpoint(_summed, head, hidden[i:i + chunk], labels[i:i + chunk], use_reentrant=False)
+                    for i in starts)
+    else:  # scoring: nothing to recompute, each chunk's logits only dropped
+        total = sum(_summed(head, hidden[i:i + chunk], labels[i:i + chunk]) for i in starts)
     return total / n

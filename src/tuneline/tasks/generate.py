@@ -304,15 +304,17 @@ class GenerateTask(Task):
             shift_labels = b["labels"][:, 1:]
             keep = shift_labels != IGNORE
             parts = _body_and_head(model)
-            if parts is not None:  # logits only where the loss counts (see loss())
-                hidden = parts[0](input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-                logits = parts[1](hidden[:, :-1][keep]).float()
-            else:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            n = int(keep.sum())
+            if parts is not None and n:  # logits only where the loss counts (see loss()), a chunk at a time
+                hidden = parts[0](input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                  use_cache=False).last_hidden_state  # a cache would keep every layer's keys
+                total += float(answer_cross_entropy(parts[1], hidden[:, :-1][keep], shift_labels[keep])) * n
+            elif n:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
                 logits = logits[:, -b["input_ids"].shape[1]:]  # prompt tuning prepends virtual tokens
                 logits = logits[:, :-1][keep].float()
-            total += float(torch.nn.functional.cross_entropy(logits, shift_labels[keep], reduction="sum"))
-            count += int(keep.sum())
+                total += float(torch.nn.functional.cross_entropy(logits, shift_labels[keep], reduction="sum"))
+            count += n
         model.train(was)
         return total / max(count, 1)
 

@@ -160,9 +160,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     from .. import hardware
     from ..data.batching import sorted_batches
     from ..recipe import eval_batch_size
-    from .fast_dropout import use_fast_dropout
-    from .loop import make_plan
-    from .lora_dropout import fuse_lora_dropout
+    from .loop import make_plan, swap_training_layers
     from .methods import apply_method, count_parameters
 
     torch.manual_seed(recipe.train.seed)
@@ -172,10 +170,7 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     precision = hardware.resolve_precision(tc.precision)
     model = apply_method(task.load_model(source.path, recipe, tokenizer, prepared.labels), recipe, task)
     trainable, total = count_parameters(model)
-    if not tc.compile:  # as the training loop does (the probe runs eager either way)
-        fuse_lora_dropout(model)
-        if device.type == "cpu":
-            use_fast_dropout(model)
+    swap_training_layers(model, device.type, tc.compile)  # as the loop does (the probe runs eager either way)
     cuda_before = 0
     if device.type == "cuda":
         from .frozen_precision import cast_frozen, frozen_dtype

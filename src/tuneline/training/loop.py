@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..evaluation import direction
 from .fast_dropout import use_fast_dropout
 from .frozen_precision import cast_frozen, frozen_dtype
+from .lean_activations import lean_activations
 from .lora_dropout import fuse_lora_dropout
 from .methods import get_method
 from .guard import DivergenceGuard
@@ -134,6 +135,15 @@ def new_state(metric: str) -> dict:
             "tokens": 0, "computed_tokens": 0, "train_seconds": 0.0, "stopped_early": False}
 
 
+def swap_training_layers(model, device_type: str, compiled: bool) -> None:
+    """The training-only layer swaps, each value-preserving (the loop and the dry run's probe)."""
+    lean_activations(model)
+    if not compiled:  # compiled blocks get Inductor's fused dropout instead (compiling.py)
+        fuse_lora_dropout(model)  # before the CPU's dropout swap: PEFT's dropout goes into lora_A
+        if device_type == "cpu":
+            use_fast_dropout(model)
+
+
 class Trainer:
     def __init__(self, ctx, model, accelerator):
         """ctx: the run's RunContext (training/context.py); model: built and given its method."""
@@ -166,10 +176,7 @@ class Trainer:
 
     def _place_model(self) -> None:
         """Training-only model changes, then the model sharded or moved to this process's device."""
-        if not self.tc.compile:  # compiled blocks get Inductor's fused dropout instead (compiling.py)
-            fuse_lora_dropout(self.model)  # before the CPU's dropout swap: PEFT's dropout goes into lora_A
-            if self.acc.device.type == "cpu":
-                use_fast_dropout(self.model)
+        swap_training_layers(self.model, self.acc.device.type, self.tc.compile)
         if self.tc.neftune_alpha:
             enable_neftune(self.model, self.tc.neftune_alpha)
         # fsdp needs more than one process; with one it is plain training

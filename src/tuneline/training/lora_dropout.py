@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast_dropout import keep_lanes
+from .lean_activations import kept_form
 
 # Device types that keep the one-byte mask for backward instead of redrawing it: redrawing costs
 # a CPU ~7 % of a step (random bits at memory speed, twice); a GPU draws nearly free, and memory is
@@ -56,14 +57,20 @@ class _DroppedLinear(torch.autograd.Function):
         scale = 1.0 / (1.0 - p)
         keep = keep_mask(x.shape, p, seed, x.device)
         dropped = torch.where(keep, x, 0).to(dtype).mul_(scale)
-        ctx.save_for_backward(x, weight, *([keep] if x.device.type in KEEPS_MASK else []))
+        # x itself, or what its producer keeps anyway and rebuilds it from (lean_activations.py)
+        x_form, ctx.rebuild = kept_form(x)
+        ctx.save_for_backward(weight, *([keep] if x.device.type in KEEPS_MASK else []), *x_form)
+        ctx.kept_mask = x.device.type in KEEPS_MASK
         ctx.p, ctx.seed, ctx.dtype, ctx.scale = p, seed, dtype, scale
         return F.linear(dropped, weight.to(dtype))
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, *kept = ctx.saved_tensors
-        keep = kept[0] if kept else keep_mask(x.shape, ctx.p, ctx.seed, x.device)
+        weight, *rest = ctx.saved_tensors
+        keep, x_form = (rest[0], rest[1:]) if ctx.kept_mask else (None, rest)
+        x = ctx.rebuild(*x_form) if ctx.rebuild else x_form[0]
+        if keep is None:
+            keep = keep_mask(x.shape, ctx.p, ctx.seed, x.device)
         grad = grad.to(ctx.dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
