@@ -134,3 +134,28 @@ def test_training_gradients_replay_under_checkpointing(tiny_llama, checkpointing
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+
+
+def test_without_dropout_the_fused_adapter_matches_peft_and_keeps_less_with_lean_layers(tiny_llama):
+    """lora.dropout 0: the fused lora_A (p = 0) gives PEFT's values and gradients, and keeps the
+    rebuildable inputs of lean_activations.py as their producers' tensors, not as copies."""
+    import copy
+
+    from tuneline.training.lean_activations import lean_activations
+
+    plain = _lora(tiny_llama, dropout=0.0)
+    lean_activations(plain)
+    fused = copy.deepcopy(plain)
+    assert fuse_lora_dropout(fused) == 7 * len(fused.base_model.model.model.layers)
+    ids = torch.randint(0, 100, (2, 12))
+    grads = []
+    for model in (fused, plain):
+        model.train()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (loss, g), (ref_loss, ref) = grads
+    assert torch.equal(loss, ref_loss)
+    for n in g:
+        torch.testing.assert_close(g[n], ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    assert _saved_bytes(fused, ids) < _saved_bytes(plain, ids)

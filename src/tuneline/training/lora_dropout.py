@@ -13,8 +13,10 @@ gradients are those of dropout followed by the linear layer with the same mask (
 are drawn from the device's generator, seeded from torch's default one, so `torch.manual_seed`
 and activation checkpointing's RNG replay apply as to torch's dropout.
 
-Applied for training only (`fuse_lora_dropout` from the loop); eval mode runs the plain linear
-layer. State-dict keys are unchanged: the adapter's `lora_A` keeps its module, only its class is
+Adapters without dropout take the same path with p = 0 (no mask): what they keep is then only x
+as it came, or the tensors its producer keeps anyway when x is `rebuildable`
+(lean_activations.py). Applied for training only (`fuse_lora_dropout` from the loop); eval mode
+runs the plain linear layer. State-dict keys are unchanged: the adapter's `lora_A` keeps its module, only its class is
 swapped, and PEFT's dropout module becomes an identity.
 """
 
@@ -55,12 +57,12 @@ class _DroppedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, p: float, seed: int, dtype: torch.dtype):
         scale = 1.0 / (1.0 - p)
-        keep = keep_mask(x.shape, p, seed, x.device)
-        dropped = torch.where(keep, x, 0).to(dtype).mul_(scale)
+        keep = keep_mask(x.shape, p, seed, x.device) if p > 0 else None  # p = 0: no dropout, x kept lean
+        dropped = x.to(dtype) if keep is None else torch.where(keep, x, 0).to(dtype).mul_(scale)
         # x itself, or what its producer keeps anyway and rebuilds it from (lean_activations.py)
         x_form, ctx.rebuild = kept_form(x)
-        ctx.save_for_backward(weight, *([keep] if x.device.type in KEEPS_MASK else []), *x_form)
-        ctx.kept_mask = x.device.type in KEEPS_MASK
+        ctx.kept_mask = keep is not None and x.device.type in KEEPS_MASK
+        ctx.save_for_backward(weight, *([keep] if ctx.kept_mask else []), *x_form)
         ctx.p, ctx.seed, ctx.dtype, ctx.scale = p, seed, dtype, scale
         return F.linear(dropped, weight.to(dtype))
 
@@ -69,14 +71,15 @@ class _DroppedLinear(torch.autograd.Function):
         weight, *rest = ctx.saved_tensors
         keep, x_form = (rest[0], rest[1:]) if ctx.kept_mask else (None, rest)
         x = ctx.rebuild(*x_form) if ctx.rebuild else x_form[0]
-        if keep is None:
+        if keep is None and ctx.p > 0:
             keep = keep_mask(x.shape, ctx.p, ctx.seed, x.device)
+        drop = (lambda t: t) if keep is None else (lambda t: torch.where(keep, t, 0).mul_(ctx.scale))
         grad = grad.to(ctx.dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.where(keep, grad @ weight.to(ctx.dtype), 0).mul_(ctx.scale).to(x.dtype)
+            grad_x = drop(grad @ weight.to(ctx.dtype)).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            dropped = torch.where(keep, x, 0).to(ctx.dtype).mul_(ctx.scale)
+            dropped = drop(x.to(ctx.dtype))
             grad_w = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
         return grad_x, grad_w, None, None, None
 
@@ -87,15 +90,18 @@ class DroppedLoraA(nn.Linear):
     p: float = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or self.bias is not None:
+        if not self.training or self.bias is not None:
             return super().forward(x.to(self.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x)
-        seed = int(torch.randint(2 ** 62, (1,)))  # torch's default CPU generator: manual_seed applies
+        # torch's default CPU generator: manual_seed applies (none drawn without dropout)
+        seed = int(torch.randint(2 ** 62, (1,))) if self.p > 0 else 0
         return _DroppedLinear.apply(x, self.weight, self.p, seed, _compute_dtype(x, self.weight))
 
 
 def fuse_lora_dropout(model: nn.Module) -> int:
-    """Move every plain LoRA adapter's dropout (p > 0) into its lora_A; returns how many.
-    DoRA and other variants keep PEFT's own path (they use the dropped x elsewhere too)."""
+    """Move every plain LoRA adapter's dropout into its lora_A; returns how many. Adapters without
+    dropout (PEFT's identity) get the fused lora_A too, with p = 0: it keeps the input lean as well
+    (a rebuildable one as its producer's tensors, lean_activations.py). DoRA and other variants
+    keep PEFT's own path (they use the dropped x elsewhere too)."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:
@@ -104,12 +110,12 @@ def fuse_lora_dropout(model: nn.Module) -> int:
     for layer in model.modules():
         if not isinstance(layer, LoraLinear):
             continue
-        names = [n for n, drop in layer.lora_dropout.items() if isinstance(drop, nn.Dropout) and drop.p > 0
+        names = [n for n, drop in layer.lora_dropout.items() if type(drop) in (nn.Dropout, nn.Identity)
                  and n not in layer.lora_variant and type(layer.lora_A[n]) is nn.Linear]
         for name in names:
             a = layer.lora_A[name]
             a.__class__ = DroppedLoraA
-            a.p = layer.lora_dropout[name].p
+            a.p = getattr(layer.lora_dropout[name], "p", 0.0)
             layer.lora_dropout[name] = nn.Identity()
         if names and len(names) == len(layer.lora_A):
             # x reaches lora_A as it came (the tensor q, k and v share), not as PEFT's cast copy each
