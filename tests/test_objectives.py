@@ -126,7 +126,8 @@ def pref_recipe(tmp_path, tiny_llama):
     write_jsonl(tmp_path / "test.jsonl", pair_rows(10))
 
     def make(objective="dpo", method="lora", name=None, **sections):
-        t = {"epochs": 6, "lr": 2e-2 if method != "full" else 2e-3, "batch_size": 4, "max_length": 48, "log_every": 2}
+        t = {"epochs": 6, "lr": 2e-2 if method != "full" else 2e-3, "batch_size": 4, "max_length": 48, "log_every": 2,
+             "precision": "fp32"}  # bf16 on a CPU with AMX: these tiny runs are chaotic at lr 2e-2
         t.update(sections.pop("train", {}))
         name = name or f"{objective}-{method}"
         return write_recipe(tmp_path / f"{name}.yaml", task="generate", model=str(tiny_llama),
@@ -137,7 +138,7 @@ def pref_recipe(tmp_path, tiny_llama):
 
 
 @pytest.mark.parametrize("objective,method,extra", [
-    ("dpo", "lora", {}),
+    ("dpo", "lora", {"dpo": {"beta": 0.5}}),  # at 0.1 the adapter's margins stay within noise (loss ~0.69)
     ("dpo", "full", {"dpo": {"precompute_reference": False}}),  # the frozen copy
     ("simpo", "full", {}),
     ("orpo", "full", {"orpo": {"beta": 2.0}, "train": {"lr": 6e-3}}),  # a random model: NLL dominates at 0.1
