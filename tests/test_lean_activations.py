@@ -14,6 +14,7 @@ from tuneline.training import lora_dropout
 from tuneline.training.frozen_precision import cast_frozen
 from tuneline.training.lean_activations import lean_activations
 from tuneline.training.lora_dropout import fuse_lora_dropout
+from tuneline.training.loop import Callback
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HIDDEN, INTER, LAYERS = 32, 64, 2
@@ -146,3 +147,42 @@ def test_modules_with_other_math_keep_their_forward():
     model = nn.Sequential(_OnePlusNorm(8), _GeluMLP(8))
     assert lean_activations(model) == (0, 0)
     assert type(model[0]) is _OnePlusNorm and type(model[1]) is _GeluMLP
+
+
+class _Classes(Callback):
+    """Records the norm and MLP classes the loop trains with."""
+
+    names: set = set()
+
+    def on_train_start(self, trainer, state):
+        self.names = {type(m).__name__ for m in trainer.model.modules() if "Norm" in type(m).__name__
+                      or "MLP" in type(m).__name__}
+
+
+def test_the_loop_trains_with_them_as_with_transformers_own(tmp_path, tiny_llama, monkeypatch):
+    import json
+
+    import tuneline
+    from tuneline.training import loop
+
+    from conftest import say_chats, write_jsonl, write_recipe
+
+    write_jsonl(tmp_path / "train.jsonl", say_chats(16, step=5, mod=17, answers=4))
+    losses, classes = {}, {}
+    for lean in (True, False):
+        if not lean:
+            monkeypatch.setattr(loop, "lean_activations", lambda model: (0, 0))
+        recipe = write_recipe(tmp_path / f"{lean}.yaml", task="generate", model=str(tiny_llama), method="lora",
+                              data={"train": "train.jsonl", "test": "train.jsonl"},
+                              train={"max_steps": 3, "lr": 1e-3, "batch_size": 8, "max_length": 48, "log_every": 1,
+                                     "precision": "fp32"}, lora={"dropout": 0.1},
+                              eval={"max_samples": 2}, generate={"max_new_tokens": 2}, output=str(tmp_path / f"run-{lean}"))
+        seen = _Classes()
+        path = tuneline.train(recipe, callbacks=[seen]).path
+        classes[lean] = seen.names
+        losses[lean] = [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()
+                        if json.loads(line)["type"] == "train"]
+    assert classes[True] == {"LeanLlamaRMSNorm", "LeanLlamaMLP"} and classes[False] == {"LlamaRMSNorm", "LlamaMLP"}
+    assert len(losses[True]) == 3
+    for a, b in zip(losses[True], losses[False]):
+        assert a == pytest.approx(b, rel=1e-5)
