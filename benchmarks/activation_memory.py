@@ -127,8 +127,7 @@ def main() -> None:
     how = "PEFT's" if a.peft_dropout else "fused"
     layers = "plain" if a.plain_layers else "lean"
     print(f"{a.shape} LoRA r{a.rank}, {how} dropout {a.dropout}, {layers} norms and MLPs, {a.precision}, "
-          f"checkpoint {a.checkpoint}, "
-          f"{a.tokens} tokens:")
+          f"checkpoint {a.checkpoint}, {a.tokens} tokens:")
     print(f"  per block  {per_block / 1024:8.1f} KiB/token  x {depth} blocks = {per_block * depth / 2**20:.2f} MiB/token")
     print(f"  head+loss  {head / 1024:8.1f} KiB/token")
     if ckpt:

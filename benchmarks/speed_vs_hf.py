@@ -425,7 +425,8 @@ def main() -> None:
     print(fmt.format("", "plain HF", "tuneline", "ratio"))
     lines = [("tokens_per_s", "trained tokens/s", "{:.1f}"), ("tokens_per_step", "trained tokens/step", "{:.0f}"),
              ("train_seconds", "train seconds", "{:.1f}"), ("wall_seconds", "wall seconds (process)", "{:.1f}"),
-             ("peak_rss_train", "peak RSS, training (GiB)", "{:.2f}"), ("peak_rss", "peak RSS, process (GiB)", "{:.2f}"),
+             ("peak_rss_train", "peak RSS, training (GiB)", "{:.2f}"),
+             ("peak_rss", "peak RSS, process (GiB)", "{:.2f}"),
              ("padding_share", "padding share", "{:.1%}"),
              ("loss_mean", "mean training loss", "{:.4f}"), ("loss_last_quarter", "loss, last quarter", "{:.4f}"),
              (quality, quality.replace("_", " "), "{:.4f}"), ("mfu", "share of matmul peak", "{:.1%}")]

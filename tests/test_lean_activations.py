@@ -176,7 +176,8 @@ def test_the_loop_trains_with_them_as_with_transformers_own(tmp_path, tiny_llama
                               data={"train": "train.jsonl", "test": "train.jsonl"},
                               train={"max_steps": 3, "lr": 1e-3, "batch_size": 8, "max_length": 48, "log_every": 1,
                                      "precision": "fp32"}, lora={"dropout": 0.1},
-                              eval={"max_samples": 2}, generate={"max_new_tokens": 2}, output=str(tmp_path / f"run-{lean}"))
+                              eval={"max_samples": 2}, generate={"max_new_tokens": 2},
+                              output=str(tmp_path / f"run-{lean}"))
         seen = _Classes()
         path = tuneline.train(recipe, callbacks=[seen]).path
         classes[lean] = seen.names

@@ -15,8 +15,10 @@ and activation checkpointing's RNG replay apply as to torch's dropout.
 
 Adapters without dropout take the same path with p = 0 (no mask): what they keep is then only x
 as it came, or the tensors its producer keeps anyway when x is `rebuildable`
-(lean_activations.py). Applied for training only (`fuse_lora_dropout` from the loop); eval mode
-runs the plain linear layer. State-dict keys are unchanged: the adapter's `lora_A` keeps its module, only its class is
+(lean_activations.py).
+
+Applied for training only (`fuse_lora_dropout` from the loop); eval mode runs the plain linear
+layer. State-dict keys are unchanged: the adapter's `lora_A` keeps its module, only its class is
 swapped, and PEFT's dropout module becomes an identity.
 """
 
