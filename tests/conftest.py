@@ -98,6 +98,28 @@ def say_chats(n: int, step: int = 7, mod: int = 23, answers: int = 5) -> list[di
             for i in range(n)]
 
 
+def saved_bytes(model, ids, dtype=None) -> int:
+    """Bytes of the distinct storages autograd keeps for backward in one training forward of a causal
+    LM on `ids` (weights excluded), under CPU autocast to `dtype` when given."""
+    import contextlib
+
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        model(input_ids=ids).logits.sum()
+    return sum(seen.values())
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

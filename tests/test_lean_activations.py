@@ -16,6 +16,8 @@ from tuneline.training.lean_activations import lean_activations
 from tuneline.training.lora_dropout import fuse_lora_dropout
 from tuneline.training.loop import Callback
 
+from conftest import saved_bytes
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HIDDEN, INTER, LAYERS = 32, 64, 2
 
@@ -72,23 +74,6 @@ def test_same_gradients_in_bf16_with_frozen_weights_cast(tiny_llama):
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=2e-2, atol=1e-4, msg=n)
 
 
-def _saved_bytes(model, ids, dtype) -> int:
-    """Bytes of the distinct storages autograd keeps for backward, weights excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=dtype):
-        model(input_ids=ids).logits.sum()
-    return sum(seen.values())
-
-
 def test_keeps_the_counted_bytes_less(tiny_llama, monkeypatch):
     """Per token under bf16, exactly: in each block silu's output and the product (2 x INTER x 2
     bytes); each norm that backward goes through keeps its input in bf16 and rebuilds its output,
@@ -101,7 +86,8 @@ def test_keeps_the_counted_bytes_less(tiny_llama, monkeypatch):
     lean = copy.deepcopy(plain)
     lean_activations(lean)
     ids = torch.randint(0, 1000, (2, 64))
-    saved = _saved_bytes(plain, ids, torch.bfloat16) - _saved_bytes(lean, ids, torch.bfloat16)
+    plain.train(), lean.train()
+    saved = saved_bytes(plain, ids, torch.bfloat16) - saved_bytes(lean, ids, torch.bfloat16)
     per_token = LAYERS * 2 * INTER * 2 + (2 * LAYERS - 1) * HIDDEN * 4 + HIDDEN * 2 - 4
     assert saved == ids.numel() * per_token, saved / ids.numel()
 

@@ -10,6 +10,8 @@ import torch
 from tuneline.training import lora_dropout
 from tuneline.training.lora_dropout import DroppedLoraA, fuse_lora_dropout, keep_mask
 
+from conftest import saved_bytes
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -91,27 +93,12 @@ def test_eval_mode_and_names_are_unchanged(tiny_llama):
     torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits)
 
 
-def _saved_bytes(model, ids) -> int:
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids).logits.sum()
-    return sum(seen.values())
-
-
 def test_fused_keeps_fewer_activation_bytes(tiny_llama):
     model, plain = _lora(tiny_llama), _lora(tiny_llama)
     fuse_lora_dropout(model)
     model.train(), plain.train()
     ids = torch.randint(0, 100, (2, 64))
-    fused, unfused = _saved_bytes(model, ids), _saved_bytes(plain, ids)
+    fused, unfused = saved_bytes(model, ids), saved_bytes(plain, ids)
     assert fused < unfused * 0.8, (fused, unfused)
 
 
@@ -158,4 +145,4 @@ def test_without_dropout_the_fused_adapter_matches_peft_and_keeps_less_with_lean
     assert torch.equal(loss, ref_loss)
     for n in g:
         torch.testing.assert_close(g[n], ref[n], rtol=1e-5, atol=1e-7, msg=n)
-    assert _saved_bytes(fused, ids) < _saved_bytes(plain, ids)
+    assert saved_bytes(fused, ids) < saved_bytes(plain, ids)
