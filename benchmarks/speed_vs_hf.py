@@ -5,12 +5,18 @@
     python benchmarks/speed_vs_hf.py --job lora --device cuda --shape 1.7b --batch 8    # on a GPU
     python benchmarks/speed_vs_hf.py --job lora --device cuda --shape 1.7b --batch 64 --steps 12
     python benchmarks/speed_vs_hf.py --job lora --steps 80 --compile   # tuneline with train.compile
+    python benchmarks/speed_vs_hf.py --job lora --qlora     # both sides with the base in 4 bits
+    python benchmarks/speed_vs_hf.py --job lora --shape host --max-len 48   # what a step costs the host
 
 --shape builds a random-weight Llama of a SmolLM2 size (weights do not change speed or memory) with
 the built-in SmolLM2 tokenizer, so a GPU run needs no download. On a GPU both sides run bf16 (the
 plain way with Trainer's bf16=True, tuneline with precision auto), MFU is against the nominal
 989 TFLOP/s of an H100/H200 and against the bf16 matmul peak measured in the same run, and the peak
 GPU memory of each side's training is printed.
+
+--qlora stores both sides' base in 4 bits (NF4, double quantization): the plain way as the
+transformers/PEFT QLoRA guide writes it (BitsAndBytesConfig at load, prepare_model_for_kbit_training
+with its default activation checkpointing), tuneline with method: qlora.
 
 The plain way is what a user writes: transformers.Trainer (+ PEFT for LoRA), the data collator
 padding to the longest row of each (randomly drawn) batch, same model, rows, lr, batch, steps,
@@ -75,6 +81,9 @@ def _sync(device: str) -> None:
 SHAPES = {  # SmolLM2 configs: hidden, intermediate, layers, heads, kv heads
     "135m": (576, 1536, 30, 9, 3), "360m": (960, 2560, 32, 15, 5), "1.7b": (2048, 8192, 24, 32, 32),
     "tiny": (64, 128, 2, 4, 2),  # a CPU check of this mode
+    # the 1.7B shape's depth at a width where arithmetic is nearly free: what a step costs the host
+    # (Python, dispatch, kernel launches), which a GPU's short steps wait on
+    "host": (64, 128, 24, 4, 4),
 }
 
 
@@ -185,7 +194,17 @@ def hf_side(args) -> dict:
 
         train, held = chat_rows(args.steps * args.batch, args.eval_rows, args.max_len, tok)
         ds = Dataset.from_list([plain_encode(tok, r["messages"], args.max_len) for r in train])
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if args.qlora:
+            from peft import prepare_model_for_kbit_training
+            from transformers import BitsAndBytesConfig
+
+            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=torch.bfloat16 if gpu else torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant,
+                                                         device_map={"": 0} if gpu else "cpu")
+            model = prepare_model_for_kbit_training(model)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                                  target_modules=LORA["targets"], task_type="CAUSAL_LM"))
         collator = TokenCount(DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100))
@@ -253,7 +272,7 @@ def tuneline_side(args) -> dict:
         write = lambda p, rows: p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         write(tmp / "train.jsonl", train)
         write(tmp / "held.jsonl", held)
-        recipe = {"task": "generate", "model": args.model, "method": "lora",
+        recipe = {"task": "generate", "model": args.model, "method": "qlora" if args.qlora else "lora",
                   "data": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "held.jsonl"),
                            "test": str(tmp / "held.jsonl")},
                   "lora": {"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]},
@@ -354,12 +373,15 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="tuneline side: train.compile (the first step compiles)")
     p.add_argument("--plain-layers", action="store_true",
                    help="tuneline side: transformers' own norms and MLPs (training/lean_activations.py off)")
+    p.add_argument("--qlora", action="store_true", help="lora job: both sides with the base in 4 bits (bitsandbytes)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--shape", choices=list(SHAPES), help="lora job: a random-weight Llama of this SmolLM2 size "
                    "instead of the built-in SmolLM2-135M")
     p.add_argument("--batch", type=int, help="rows per step (lora default 8, full 32)")
     p.add_argument("--max-len", type=int, help="lora default 512, full 128")
     args = p.parse_args()
+    if args.qlora and args.job != "lora":
+        p.error("--qlora is for --job lora")
     if args.job == "lora":
         args.model = args.model or "smollm2-135m-instruct"
         args.batch, args.max_len, args.lr = args.batch or 8, args.max_len or 512, 5e-4
@@ -381,7 +403,8 @@ def main() -> None:
                "--rows", str(args.rows), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads),
                "--seed", str(args.seed), "--device", args.device, "--model", args.model, "--batch", str(args.batch),
                "--max-len", str(args.max_len)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else []) \
-            + (["--compile"] if args.compile else []) + (["--plain-layers"] if args.plain_layers else [])
+            + (["--compile"] if args.compile else []) + (["--plain-layers"] if args.plain_layers else []) \
+            + (["--qlora"] if args.qlora else [])
         print(f"running {side} ...", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -417,7 +440,8 @@ def main() -> None:
     quality = "heldout_loss" if args.job == "lora" else "validation_accuracy"
     where = (f"{args.device}, bf16 matmul peak {peak / 1000:.0f} TFLOP/s" if gpu else
              f"{args.threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s")
-    print(f"\njob {args.job}: {Path(args.model).name}, {args.steps} steps of batch {args.batch}, max length "
+    job = args.job + (" (qlora)" if args.qlora else "")
+    print(f"\njob {job}: {Path(args.model).name}, {args.steps} steps of batch {args.batch}, max length "
           f"{args.max_len}, {where}; N = {n_params / 1e6:.1f} M parameters in matmuls\n")
     if h.get("oom"):
         print(f"plain HF: out of memory at {h['gpu_peak_bytes'] / 2**30:.1f} GiB\n")

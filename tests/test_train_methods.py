@@ -16,7 +16,7 @@ def _train_losses(run_dir):
             if json.loads(l)["type"] == "train"]
 
 
-@pytest.mark.parametrize("method", ["full", "freeze", "lora", "dora", "ia3", "prompt"])
+@pytest.mark.parametrize("method", ["full", "freeze", "lora", "qlora", "dora", "ia3", "prompt"])
 def test_method_trains_and_saves(method, tiny_recipe, tmp_path):
     recipe = tiny_recipe(method)
     result = tuneline.train(recipe)

@@ -12,10 +12,15 @@ __version__ = "0.1.0"
 
 __all__ = ["train", "load_run", "evaluate", "load_recipe", "export_run", "UserError", "RunFailed", "__version__"]
 
+import logging
+
 from . import moved
 from .errors import RunFailed, UserError
 
 moved.install()
+# PEFT imports bitsandbytes when it is installed (method: qlora), which on CPUs with AVX-512 bf16
+# warns that a hub kernel is missing; its plain-torch path serves, so the warning only misleads
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def train(recipe, **kwargs):

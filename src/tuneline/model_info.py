@@ -128,15 +128,21 @@ def _method_costs(config, task, method, lora_r: int, batch: int, length: int, ac
 
     recipe = recipe_from_dict({"task": task.name, "model": "x", "method": method.name, "data": {"train": "x"},
                                "lora": {"r": lora_r}})
-    model = apply_method(_meta_model(config, task), recipe, task)
+    model = apply_method(_meta_model(config, task), recipe, task, quantize=False)  # sizes only
     trainable, total = count_parameters(model)
+    weight_bytes = 4 * total
+    if method.quantize is not None:  # the blocks' frozen linear layers in 4 bits (qlora)
+        from .training.quantized_base import BYTES_PER_WEIGHT, block_linears
+
+        weight_bytes -= (4 - BYTES_PER_WEIGHT) * sum(lin.weight.numel() for _, _, lin in block_linears(model)
+                                                          if not lin.weight.requires_grad)
     # Autograd keeps activations only where gradients flow: every block for full and adapters,
     # the trained top blocks for freeze (the frozen ones below need none).
     blocks = method.activation_blocks(recipe, dims["layers"]) if method.activation_blocks else dims["layers"]
     per_token = blocks * dims["a_layer"] + 2 * dims["hidden"] + _lora_dropout_copies(model)
     tokens = batch * length
     logits = tokens * dims["vocab"] * 12 if task.causal_lm else 0
-    parts = {"weights": 4 * total, "gradients": 4 * trainable, "optimizer": 8 * trainable,
+    parts = {"weights": int(weight_bytes), "gradients": 4 * trainable, "optimizer": 8 * trainable,
              "activations": tokens * per_token * act_bytes + logits, "runtime": RUNTIME_BYTES}
     parts["total"] = sum(parts.values())
     # --lora-r sets the rank of the methods whose options are the lora: section

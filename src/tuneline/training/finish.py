@@ -12,6 +12,7 @@ from .checkpoint import load_trainable_state
 from .diagnose import diagnose_run, format_findings, write_diagnostics
 from .frozen_precision import restore_full_precision
 from .guard import assert_finite
+from .quantized_base import dequantize_base
 from .methods import get_method
 from ..runs import RunDir, RunResult, atomic_write_json, atomic_write_text, staged_dir
 from .context import RunContext
@@ -27,6 +28,7 @@ def save_final_model(model, tokenizer, recipe, run: RunDir) -> tuple[object, boo
         if not method.mergeable:
             return model, False  # the adapter is the model (prompt tuning's virtual tokens)
         restore_full_precision(model)  # the deltas added in fp32, the model saved in fp32
+        dequantize_base(model)  # a 4-bit base as the fp32 values it trained with (qlora)
         model = model.merge_and_unload()
     with staged_dir(run.model_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -99,18 +99,29 @@ class DroppedLoraA(nn.Linear):
         return _DroppedLinear.apply(x, self.weight, self.p, seed, _compute_dtype(x, self.weight))
 
 
+def _vanilla_lora_layers() -> tuple[type, ...]:
+    """PEFT's LoRA layer classes whose forward is lora_B(lora_A(dropout(x))): the plain one and
+    the one around a 4-bit base (QLoRA)."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return ()
+    try:
+        from peft.tuners.lora.bnb import Linear4bit as Lora4bit
+    except (ImportError, AttributeError):  # no bitsandbytes: PEFT defines no 4-bit class
+        return (LoraLinear,)
+    return LoraLinear, Lora4bit
+
+
 def fuse_lora_dropout(model: nn.Module) -> int:
     """Move every plain LoRA adapter's dropout into its lora_A; returns how many. Adapters without
     dropout (PEFT's identity) get the fused lora_A too, with p = 0: it keeps the input lean as well
     (a rebuildable one as its producer's tensors, lean_activations.py). DoRA and other variants
     keep PEFT's own path (they use the dropped x elsewhere too)."""
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:
-        return 0
+    kinds = _vanilla_lora_layers()
     fused = 0
     for layer in model.modules():
-        if not isinstance(layer, LoraLinear):
+        if not isinstance(layer, kinds):
             continue
         names = [n for n, drop in layer.lora_dropout.items() if type(drop) in (nn.Dropout, nn.Identity)
                  and n not in layer.lora_variant and type(layer.lora_A[n]) is nn.Linear]

@@ -1,4 +1,4 @@
-"""Methods: how a model is adapted for training (full, freeze, LoRA, DoRA, IA3, prompt tuning).
+"""Methods: how a model is adapted for training (full, freeze, LoRA, QLoRA, DoRA, IA3, prompt tuning).
 
 `METHODS` maps a recipe's `method:` value to its `Method` record. Everything that differs by
 method is a field of the record; no code elsewhere compares a method's name. This module is
@@ -17,6 +17,8 @@ Fields:
   mergeable          model/ holds the whole trained model (an adapter merged into the weights);
                      False: adapter/ alone is the model (prompt tuning's virtual tokens cannot be folded in)
   check              (recipe, model_config) -> None: a preflight check, raises UserError before anything is written
+  quantize           (model, recipe) -> model: stores the frozen base in fewer bits before `apply` (QLoRA);
+                     the finish dequantizes it before the merge (training/quantized_base.py)
   checkpoint_share   disk of the best + last checkpoints, in multiples of the base weights' size (preflight)
   activation_blocks  (recipe, layers) -> transformer blocks whose activations the backward pass keeps; None: all
   overfit_tip        (recipe) -> the change against overfitting this method offers, or None
@@ -46,6 +48,7 @@ class Method:
     adapter: bool = False
     mergeable: bool = True
     check: Hook | None = None
+    quantize: Hook | None = None
     checkpoint_share: float = 4.0  # weights + two Adam moments (last) + weights (best): every weight trained
     activation_blocks: Callable[[Recipe, int], int] | None = None
     overfit_tip: Callable[[Recipe], str | None] | None = None
@@ -81,9 +84,14 @@ def _load(hook: Hook) -> Callable:
     return hook
 
 
-def apply_method(model, recipe: Recipe, task):
-    """Prepare `model` for training by the recipe's method; `task` is a tuneline.tasks.Task."""
+def apply_method(model, recipe: Recipe, task, quantize: bool = True):
+    """Prepare `model` for training by the recipe's method; `task` is a tuneline.tasks.Task.
+    quantize=False skips the method's `quantize` (a model on the meta device, for sizes only)."""
     from ... import hardware
+
+    method = get_method(recipe.method)
+    if method.quantize is not None and quantize:
+        model = _load(method.quantize)(model, recipe)
 
     if recipe.memory.may_checkpoint(hardware.device_type()):
         # on every block; the loop then leaves checkpointed only as many as the recipe asks or
@@ -93,7 +101,7 @@ def apply_method(model, recipe: Recipe, task):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return _load(get_method(recipe.method).apply)(model, recipe, task)
+    return _load(method.apply)(model, recipe, task)
 
 
 def check_method(recipe: Recipe, config) -> None:
@@ -104,8 +112,11 @@ def check_method(recipe: Recipe, config) -> None:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) weights; a 4-bit weight counts as one, not as half its packed byte."""
+    from ..quantized_base import full_numel
+
+    trainable = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(full_numel(p) for p in model.parameters())
     return trainable, total
 
 
@@ -119,12 +130,16 @@ def _smaller_rank(recipe: Recipe) -> str | None:
 
 
 _PLAIN, _ADAPTERS = "tuneline.training.methods.plain", "tuneline.training.methods.adapters"
+_QUANT = "tuneline.training.quantized_base"
 
 register_method(Method("full", default_lr=5e-5, apply=f"{_PLAIN}:train_all", memory_row=True,
                        overfit_tip=lambda recipe: "fewer trained weights (method: lora)"))
 register_method(Method("lora", default_lr=5e-4, apply=f"{_ADAPTERS}:apply_lora", options_section="lora",
                        adapter=True, check=f"{_ADAPTERS}:check_targets", checkpoint_share=0,
                        overfit_tip=_smaller_rank, memory_row=True))
+register_method(Method("qlora", default_lr=5e-4, apply=f"{_ADAPTERS}:apply_lora", options_section="lora",
+                       adapter=True, check=f"{_ADAPTERS}:check_qlora", quantize=f"{_QUANT}:quantize_base",
+                       checkpoint_share=0, overfit_tip=_smaller_rank, memory_row=True))
 register_method(Method("freeze", default_lr=1e-4, apply=f"{_PLAIN}:freeze", options_section="freeze",
                        checkpoint_share=2, memory_row=True,  # checkpoints: the head and top blocks only
                        activation_blocks=lambda recipe, layers: min(recipe.freeze.train_layers, layers)))

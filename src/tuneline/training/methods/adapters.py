@@ -1,4 +1,4 @@
-"""PEFT adapters: LoRA, DoRA, IA3 and prompt tuning. The base weights stay frozen; a new task head
+"""PEFT adapters: LoRA (on a 4-bit base: QLoRA), DoRA, IA3 and prompt tuning. The base weights stay frozen; a new task head
 is trained in full beside the adapter (PEFT modules_to_save) and saved with it."""
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ def _wrap(model, cfg, recipe):
         return peft.get_peft_model(model, cfg)
     except ValueError as e:
         raise UserError(f"{recipe.method}: cannot adapt this model: {e}") from None
+
+
+def check_qlora(recipe, config) -> None:
+    from ..quantized_base import check_quantizable
+
+    check_quantizable(recipe, config)
+    check_targets(recipe, config)
 
 
 def check_targets(recipe, config) -> None:
