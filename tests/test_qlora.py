@@ -137,3 +137,24 @@ def test_without_bitsandbytes_the_error_says_how_to_install_it(tiny_llama, monke
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
     with pytest.raises(UserError, match=r"pip install 'tuneline\[qlora\]'.*method: lora"):
         check_method(_recipe(tiny_llama), AutoConfig.from_pretrained(str(tiny_llama)))
+
+
+def test_compiled_blocks_trace_the_4_bit_layers_without_a_graph_break(tiny_llama, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    from tuneline.training import compiling
+
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")  # the same graphs, no code generation
+    torch._dynamo.reset()
+    counters.clear()
+    model = apply_method(_load(tiny_llama), _recipe(tiny_llama), _task()).train()
+    ids = torch.randint(5, 900, (2, 16))
+    eager = model(input_ids=ids, labels=ids).loss
+    try:
+        compiling.compile_blocks(model, enabled=True, sharded=False)
+        compiled = model(input_ids=ids, labels=ids).loss
+        compiled.backward()
+        assert not counters["graph_break"]
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

@@ -49,7 +49,7 @@ def test_a_bad_set_value_is_named_with_its_value(tmp_path):
 def test_bad_value_names_allowed_values():
     with pytest.raises(UserError) as e:
         recipe_from_dict({**BASE, "method": "qlora9"})
-    assert "method: unknown 'qlora9'; allowed: full, lora, freeze, dora, ia3, prompt" in str(e.value)
+    assert "method: unknown 'qlora9'; allowed: full, lora, qlora, freeze, dora, ia3, prompt" in str(e.value)
 
 
 def test_bad_nested_value():

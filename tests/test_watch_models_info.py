@@ -21,11 +21,18 @@ def test_decoder_info_and_memory_formula(tiny_llama):
 
     real = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
     assert info["parameters"] == sum(p.numel() for p in real.parameters())
-    full, lora, freeze = info["memory"]["methods"]
+    P, h, i, d_kv, L = info["parameters"], 32, 64, 2 * 8, 2
+    full, lora, qlora, freeze = info["memory"]["methods"]
     assert full["trainable"] == full["total"] == info["parameters"]
     assert 0 < lora["trainable"] < full["trainable"] and freeze["trainable"] < full["trainable"]
+    # qlora: LoRA's adapter over the blocks' projections stored at ~0.52 bytes a weight instead of 4
+    from tuneline.training.quantized_base import BYTES_PER_WEIGHT
+
+    projections = L * (h * h + 2 * h * 16 + h * h + 3 * h * 64)  # q, k+v (2 kv heads of 8), o, gate+up+down
+    assert qlora["trainable"] == lora["trainable"] and qlora["bytes"]["activations"] == lora["bytes"]["activations"]
+    assert qlora["bytes"]["weights"] == int(lora["bytes"]["weights"] - (4 - BYTES_PER_WEIGHT) * projections)
     # full: weights 4P, gradients 4P, AdamW 8P; activations by the formula (gated MLP, no attention dropout)
-    P, h, i, d_kv, L, V, tokens = info["parameters"], 32, 64, 2 * 8, 2, 30522, 4 * 64
+    V, tokens = 30522, 4 * 64
     b = full["bytes"]
     assert (b["weights"], b["gradients"], b["optimizer"]) == (4 * P, 4 * P, 8 * P)
     act = tokens * (L * (8 * h + 2 * d_kv + 4 * i) + 2 * h) * 4 + tokens * V * 12
@@ -69,7 +76,7 @@ def test_cli_prints_and_rejects_bad_input(tiny_llama):
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["memory"]["batch"] == 2 and [m["method"] for m in data["memory"]["methods"]] == \
-        ["full", "lora r=8", "freeze"]
+        ["full", "lora r=8", "qlora r=8", "freeze"]
     text = format_info(data)
     assert "Estimated training memory, batch 2 x length 32" in text and "chat template" in text
     assert "lora r=8" in text and "context length  256 tokens" in text

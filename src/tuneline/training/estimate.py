@@ -257,7 +257,7 @@ def format_plan(p: dict, recipe, precision: str, where: str) -> str:
     ]
     if p["estimated_peak_bytes"] > p["available_bytes"]:
         lines.append("  warning    the estimate exceeds the free memory: lower memory.micro_batch_tokens or "
-                     "train.max_length, set memory.gradient_checkpointing: true, or use method lora")
+                     "train.max_length, set memory.gradient_checkpointing: true, or use method lora (qlora: a 4-bit base)")
     return "\n".join(lines)
 
 
