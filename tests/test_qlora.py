@@ -17,6 +17,7 @@ from conftest import say_chats, write_jsonl
 from tuneline.errors import UserError
 from tuneline.recipe import recipe_from_dict
 from tuneline.training.lora_dropout import fuse_lora_dropout
+from tuneline.training.loop import Callback
 from tuneline.training.methods import apply_method, check_method, count_parameters
 from tuneline.training.quantized_base import BYTES_PER_WEIGHT, block_linears, dequantize_base, quantize_base
 
@@ -158,3 +159,34 @@ def test_compiled_blocks_trace_the_4_bit_layers_without_a_graph_break(tiny_llama
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+class _CrashAtStep(Callback):
+    def on_log(self, trainer, record):
+        if record.get("step") == 3:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_crashed_run_resumes_to_the_adapter_of_an_uninterrupted_one(tmp_path, tiny_llama, capsys):
+    write_jsonl(tmp_path / "train.jsonl", say_chats(32))
+
+    def recipe(name):
+        return recipe_from_dict({
+            "task": "generate", "model": str(tiny_llama), "method": "qlora",
+            "data": {"train": str(tmp_path / "train.jsonl")},
+            "train": {"max_steps": 4, "batch_size": 8, "max_length": 64, "lr": 3e-3, "precision": "fp32",
+                      "log_every": 1, "save_every": 2, "eval_every": 2},
+            "lora": {"r": 4, "alpha": 8}, "generate": {"max_new_tokens": 2},
+            "eval": {"max_samples": 2, "forgetting": {"enabled": False}}, "output": str(tmp_path / name)})
+
+    whole = tuneline.train(recipe("whole"), force=True).path
+    with pytest.raises(Exception, match="simulated crash"):
+        tuneline.train(recipe("cut"), force=True, callbacks=[_CrashAtStep()])
+    capsys.readouterr()
+    cut = tuneline.train(recipe("cut"), force=True, resume=True).path
+    assert "Resuming from step 2 of 4." in capsys.readouterr().out  # the adapter of step 2 over the 4-bit base
+    a = load_file(str(whole / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(cut / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -1,5 +1,5 @@
-"""PEFT adapters: LoRA (on a 4-bit base: QLoRA), DoRA, IA3 and prompt tuning. The base weights stay frozen; a new task head
-is trained in full beside the adapter (PEFT modules_to_save) and saved with it."""
+"""PEFT adapters: LoRA (on a 4-bit base: QLoRA), DoRA, IA3 and prompt tuning. The base weights stay
+frozen; a new task head is trained in full beside the adapter (PEFT modules_to_save) and saved with it."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def _wrap(model, cfg, recipe):
 
 
 def check_qlora(recipe, config) -> None:
+    """LoRA's target check, after bitsandbytes and the sharding (quantized_base.check_quantizable)."""
     from ..quantized_base import check_quantizable
 
     check_quantizable(recipe, config)
