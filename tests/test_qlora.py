@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
+import bitsandbytes as bnb  # a dev dependency (tuneline[qlora]): the suite fails rather than skips without it
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,8 +21,6 @@ from tuneline.training.lora_dropout import fuse_lora_dropout
 from tuneline.training.loop import Callback
 from tuneline.training.methods import apply_method, check_method, count_parameters
 from tuneline.training.quantized_base import BYTES_PER_WEIGHT, block_linears, dequantize_base, quantize_base
-
-bnb = pytest.importorskip("bitsandbytes")  # a dev dependency: CI has it; a user without it gets the error below
 
 
 def _recipe(model, method="qlora", **train):
