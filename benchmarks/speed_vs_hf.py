@@ -286,7 +286,8 @@ def tuneline_side(args) -> dict:
                   "eval": {"counterfactuals": False}}
     recipe["train"] = {"max_steps": args.steps, "lr": args.lr, "batch_size": args.batch, "max_length": args.max_len,
                        "warmup_ratio": 0.0, "weight_decay": 0.0, "log_every": 1, "seed": args.seed,
-                       "scheduler": "linear", "num_threads": args.threads}  # the same threads as the HF side
+                       "scheduler": "linear", "num_threads": args.threads,  # the same threads as the HF side
+                       "precision": args.precision}
     if args.gradient_checkpointing:
         recipe["memory"] = {"gradient_checkpointing": True}
     if args.compile:
@@ -373,6 +374,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="tuneline side: train.compile (the first step compiles)")
     p.add_argument("--plain-layers", action="store_true",
                    help="tuneline side: transformers' own norms and MLPs (training/lean_activations.py off)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="tuneline side's train.precision (the plain way: fp32 on a CPU, bf16 on a GPU)")
     p.add_argument("--qlora", action="store_true", help="lora job: both sides with the base in 4 bits (bitsandbytes)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--shape", choices=list(SHAPES), help="lora job: a random-weight Llama of this SmolLM2 size "
@@ -404,7 +407,7 @@ def main() -> None:
                "--seed", str(args.seed), "--device", args.device, "--model", args.model, "--batch", str(args.batch),
                "--max-len", str(args.max_len)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else []) \
             + (["--compile"] if args.compile else []) + (["--plain-layers"] if args.plain_layers else []) \
-            + (["--qlora"] if args.qlora else [])
+            + (["--qlora"] if args.qlora else []) + ["--precision", args.precision]
         print(f"running {side} ...", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
