@@ -104,8 +104,8 @@ def full_numel(param: torch.Tensor) -> int:
 
 def dequantize_base(model: nn.Module) -> int:
     """Every 4-bit layer back to an fp32 nn.Linear with the values it computed with; returns how many."""
-    if not getattr(model, "is_loaded_in_4bit", False) and not _has_4bit(model):
-        return 0
+    if not any(is_quantized(p) for p in model.parameters()):
+        return 0  # not a qlora run: no bitsandbytes import
     lib = bnb()
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if isinstance(child, lib.nn.Linear4bit)]
@@ -135,7 +135,3 @@ def _plain_lora_layers(model: nn.Module) -> None:
         if type(m) is Lora4bit:
             m.__class__ = LoraLinear
             m.is_target_conv_1d_layer = False
-
-
-def _has_4bit(model: nn.Module) -> bool:
-    return any(is_quantized(p) for p in model.parameters())
