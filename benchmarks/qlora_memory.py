@@ -75,7 +75,12 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from speed_vs_hf import shaped_model
 
-    folder = shaped_model(args.shape, Path(tempfile.mkdtemp()) / f"llama-{args.shape}")
+    with tempfile.TemporaryDirectory() as tmp:  # the 1.7B shape's weights are 6.4 GB
+        folder = shaped_model(args.shape, Path(tmp) / f"llama-{args.shape}")
+        run_methods(args, folder)
+
+
+def run_methods(args, folder: str) -> None:
     print(f"SmolLM2-{args.shape} shape, one row of {args.tokens} tokens, {args.threads} threads, fp32\n")
     print(f"{'method':<8}{'prepare s':>10}{'step s':>8}{'RSS prepared':>14}{'RSS after steps':>17}{'peak':>7}  (GiB)")
     for method in args.methods.split(","):

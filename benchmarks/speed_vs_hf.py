@@ -397,8 +397,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.shape:
-        args.model = shaped_model(args.shape, Path(tempfile.mkdtemp()) / f"llama-{args.shape}")
+    if args.shape:  # removed at exit: the 1.7B shape's weights are 6.4 GB
+        import atexit
+        import shutil
+
+        tmp = tempfile.mkdtemp()
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        args.model = shaped_model(args.shape, Path(tmp) / f"llama-{args.shape}")
     peak = matmul_peak_gflops(args.device)
     results = {}
     for side in ("hf", "tuneline"):
