@@ -48,10 +48,10 @@ def build(shape: str, layers: int, dropout: float, rank: int, fused: bool = True
 
         lean_activations(model)
     if fused:  # as the training loop does, and redrawing masks in backward as on a GPU
-        from tuneline.training import lora_dropout
+        from tuneline.training import fused_lora
 
-        lora_dropout.KEEPS_MASK = ()
-        lora_dropout.fuse_lora_dropout(model)
+        fused_lora.KEEPS_MASK = ()
+        fused_lora.fuse_lora(model)
     return model, depth
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from tuneline.training import lora_dropout
+from tuneline.training import fused_lora
 from tuneline.training.frozen_precision import cast_frozen
 from tuneline.training.lean_activations import lean_activations
-from tuneline.training.lora_dropout import fuse_lora_dropout
+from tuneline.training.fused_lora import fuse_lora
 from tuneline.training.loop import Callback
 
 from conftest import saved_bytes
@@ -33,7 +33,7 @@ def _model(tiny_llama, method: str):
         for n, p in model.named_parameters():  # a trained adapter: B no longer zero, so A gets gradients
             if "lora_B" in n:
                 nn.init.normal_(p, std=0.05)
-        fuse_lora_dropout(model)  # as the loop does: the fused adapters keep the rebuild forms
+        fuse_lora(model)  # as the loop does: the fused adapters keep the rebuild forms
     return model
 
 
@@ -80,7 +80,7 @@ def test_keeps_the_counted_bytes_less(tiny_llama, monkeypatch):
     instead of an fp32 copy and the output (HIDDEN x 4 bytes less); the final norm's output was
     not kept (the frozen head needs no input), so it saves HIDDEN x 2; the first norm needs no
     backward (the embeddings are frozen) but its 1/rms (4 bytes) is kept to rebuild its output."""
-    monkeypatch.setattr(lora_dropout, "KEEPS_MASK", ())  # as on a GPU: the masks are redrawn
+    monkeypatch.setattr(fused_lora, "KEEPS_MASK", ())  # as on a GPU: the masks are redrawn
     plain = _model(tiny_llama, "lora")
     cast_frozen(plain, torch.bfloat16)
     lean = copy.deepcopy(plain)
@@ -93,7 +93,7 @@ def test_keeps_the_counted_bytes_less(tiny_llama, monkeypatch):
 
 
 def test_gradients_replay_under_checkpointing(tiny_llama, monkeypatch):
-    monkeypatch.setattr(lora_dropout, "KEEPS_MASK", ())
+    monkeypatch.setattr(fused_lora, "KEEPS_MASK", ())
     ids = torch.randint(0, 1000, (2, 16))
     plain = _model(tiny_llama, "lora")
     lean = copy.deepcopy(plain)

@@ -17,7 +17,7 @@ import tuneline
 from conftest import say_chats, write_jsonl
 from tuneline.errors import UserError
 from tuneline.recipe import recipe_from_dict
-from tuneline.training.lora_dropout import fuse_lora_dropout
+from tuneline.training.fused_lora import fuse_lora
 from tuneline.training.loop import Callback
 from tuneline.training.methods import apply_method, check_method, count_parameters
 from tuneline.training.quantized_base import BYTES_PER_WEIGHT, block_linears, dequantize_base, quantize_base
@@ -63,7 +63,7 @@ def test_the_blocks_linear_layers_are_stored_in_4_bits(tiny_llama):
 def test_the_adapter_learns_what_lora_learns_on_the_dequantized_weights(tiny_llama):
     """Same loss and adapter gradients as plain LoRA over a base holding the 4-bit values: the
     4-bit path changes how the base is stored, not what is computed (the lean layers and the fused
-    lora_A swapped in, as the loop trains)."""
+    adapters swapped in, as the loop trains)."""
     from tuneline.training.loop import swap_training_layers
 
     torch.manual_seed(0)
@@ -78,8 +78,8 @@ def test_the_adapter_learns_what_lora_learns_on_the_dequantized_weights(tiny_lla
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(len(n)))
         model.train()
-    assert fuse_lora_dropout(q) == 0  # swapped already: PEFT's 4-bit LoRA layers take the fused lora_A too
-    assert sum(type(m).__name__ == "DroppedLoraA" for m in q.modules()) == 14
+    assert fuse_lora(q) == 0  # swapped already: PEFT's 4-bit LoRA layers take the fused path too
+    assert sum(type(m).__name__ == "FusedLinear4bit" for m in q.modules()) == 14
     ids = torch.randint(5, 900, (2, 16))
     losses = []
     for model in (q, plain):

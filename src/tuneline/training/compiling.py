@@ -14,7 +14,7 @@ s more for the dynamic one).
 
 Call points: `Trainer.__init__` compiles after the checkpointing plan; `Trainer.evaluate` and the
 end of `run_loop` switch the blocks back to eager. Nothing is kept for resume. The custom dropout
-paths (lora_dropout.py, fast_dropout.py) are not installed under compile: their seeded masks
+paths (fused_lora.py, fast_dropout.py) are not installed under compile: their seeded masks
 read a random number on the host, which would cut every block's graph at each adapter, and
 Inductor generates its own fused dropout.
 """

@@ -12,7 +12,7 @@ GPU's terms, fused LoRA dropout: 108 KiB):
 - The product silu(gate) * up and each norm's output are kept once more by the adapters that
   read them (lora_A of down, and of q, k, v, gate, up). Both are one elementwise pass from tensors
   their producer keeps anyway, so they are marked `rebuildable` and a fused adapter
-  (lora_dropout.py) keeps those tensors and rebuilds its input in backward: 16 KiB + 2 x 4 KiB
+  (fused_lora.py) keeps those tensors and rebuilds its input in backward: 16 KiB + 2 x 4 KiB
   less in bf16.
 Together: 106 -> 60 KiB per token and block on that shape (benchmarks/README.md).
 Liger-Kernel and Unsloth do the same in Triton kernels, which need a GPU; these are plain torch,

@@ -24,7 +24,7 @@ from ..evaluation import direction
 from .fast_dropout import use_fast_dropout
 from .frozen_precision import cast_frozen, frozen_dtype
 from .lean_activations import lean_activations
-from .lora_dropout import fuse_lora_dropout
+from .fused_lora import fuse_lora
 from .methods import get_method
 from .guard import DivergenceGuard
 from .neftune import enable_neftune
@@ -139,7 +139,7 @@ def swap_training_layers(model, device_type: str, compiled: bool) -> None:
     """The training-only layer swaps, each value-preserving (the loop and the dry run's probe)."""
     lean_activations(model)
     if not compiled:  # compiled blocks get Inductor's fused dropout instead (compiling.py)
-        fuse_lora_dropout(model)  # before the CPU's dropout swap: PEFT's dropout goes into lora_A
+        fuse_lora(model)  # each adapter one autograd node, its dropout inside
         if device_type == "cpu":
             use_fast_dropout(model)
 
@@ -411,7 +411,8 @@ class Trainer:
         if self.sharded:  # the global norm over every rank's shards
             grad_norm = sharding.clip_grad_norm(self.trainable, max_norm)
         else:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), max_norm))
+            # the trainable list, not model.parameters(): walking every frozen weight cost the host ~10 ms a step
+            grad_norm = float(self.acc.clip_grad_norm_(self.trainable, max_norm))
         self.guard.check_grad_norm(grad_norm, state["step"] + 1, state)
         return grad_norm
 

@@ -132,6 +132,6 @@ def _plain_lora_layers(model: nn.Module) -> None:
     except ImportError:
         return
     for m in model.modules():
-        if type(m) is Lora4bit:
+        if isinstance(m, Lora4bit):  # the training's fused subclass too (fused_lora.py)
             m.__class__ = LoraLinear
             m.is_target_conv_1d_layer = False

@@ -1,14 +1,14 @@
-"""LoRA's dropout fused into lora_A (training/lora_dropout.py): the same values and gradients as
-dropout then the linear layer with the same mask, fewer saved bytes, unchanged weights' names,
-and checkpointing's recompute drawing the same masks."""
+"""Each LoRA adapter as one autograd node, its dropout inside (training/fused_lora.py): the same
+values and gradients as PEFT's dropout, lora_A and lora_B with the same mask, fewer saved bytes and
+autograd nodes, unchanged weights' names, and checkpointing's recompute drawing the same masks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tuneline.training import lora_dropout
-from tuneline.training.lora_dropout import DroppedLoraA, fuse_lora_dropout, keep_mask
+from tuneline.training import fused_lora
+from tuneline.training.fused_lora import fuse_lora, keep_mask
 
 from conftest import saved_bytes
 
@@ -31,23 +31,23 @@ def _lora(tiny_llama, dropout=0.1):
 def _recording_masks(monkeypatch) -> list:
     """Every mask the fused layers draw, in order (forward draws; backward redraws are equal)."""
     drawn = []
-    real = lora_dropout.keep_mask
+    real = fused_lora.keep_mask
 
     def record(shape, p, seed, device):
         mask = real(shape, p, seed, device)
         drawn.append(mask)
         return mask
 
-    monkeypatch.setattr(lora_dropout, "keep_mask", record)
+    monkeypatch.setattr(fused_lora, "keep_mask", record)
     return drawn
 
 
 @pytest.mark.parametrize("keeps_mask", [True, False], ids=["mask kept (CPU)", "mask redrawn (GPU)"])
 def test_values_and_gradients_equal_dropout_then_linear_with_the_same_mask(tiny_llama, monkeypatch, keeps_mask):
-    monkeypatch.setattr(lora_dropout, "KEEPS_MASK", ("cpu",) if keeps_mask else ())
+    monkeypatch.setattr(fused_lora, "KEEPS_MASK", ("cpu",) if keeps_mask else ())
     model = _lora(tiny_llama)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
-    assert fuse_lora_dropout(model) == 7 * len(model.base_model.model.model.layers)
+    assert fuse_lora(model) == 7 * len(model.base_model.model.model.layers)
     model.train()
     drawn = _recording_masks(monkeypatch)
     x = torch.randn(2, 5, layer.in_features, requires_grad=True)
@@ -57,7 +57,7 @@ def test_values_and_gradients_equal_dropout_then_linear_with_the_same_mask(tiny_
     got = (out.detach(), x.grad.clone(), a.weight.grad.clone(), b.weight.grad.clone())
 
     keep = drawn[0]
-    p = a.p
+    p = layer.fused_adapter[1]
     x2 = x.detach().clone().requires_grad_(True)
     a2, b2 = a.weight.detach().clone().requires_grad_(True), b.weight.detach().clone().requires_grad_(True)
     dropped = torch.where(keep, x2, 0) / (1 - p)
@@ -75,18 +75,26 @@ def test_masks_follow_torch_manual_seed_and_keep_one_minus_p():
     assert torch.equal(a, keep_mask(shape, 0.1, 1234, torch.device("cpu")))
     assert not torch.equal(a, keep_mask(shape, 0.1, 1235, torch.device("cpu")))
     assert abs(a.float().mean().item() - 0.9) < 0.01
-    layer = DroppedLoraA(8, 4, bias=False)
-    layer.p = 0.5
+
+
+
+def test_a_fused_layers_masks_follow_torch_manual_seed(tiny_llama):
+    model = _lora(tiny_llama, dropout=0.5)
+    fuse_lora(model)
+    model.train()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.ones(3, layer.in_features)
     torch.manual_seed(3)
-    y1 = layer(torch.ones(3, 8))
+    y1 = layer(x)
     torch.manual_seed(3)
-    assert torch.equal(y1, layer(torch.ones(3, 8)))
+    assert torch.equal(y1, layer(x))
+    assert not torch.equal(y1, layer(x))
 
 
 def test_eval_mode_and_names_are_unchanged(tiny_llama):
     model, plain = _lora(tiny_llama), _lora(tiny_llama)
     keys = set(model.state_dict())
-    fuse_lora_dropout(model)
+    fuse_lora(model)
     assert set(model.state_dict()) == keys
     model.eval(), plain.eval()
     ids = torch.randint(0, 100, (2, 9))
@@ -95,7 +103,7 @@ def test_eval_mode_and_names_are_unchanged(tiny_llama):
 
 def test_fused_keeps_fewer_activation_bytes(tiny_llama):
     model, plain = _lora(tiny_llama), _lora(tiny_llama)
-    fuse_lora_dropout(model)
+    fuse_lora(model)
     model.train(), plain.train()
     ids = torch.randint(0, 100, (2, 64))
     fused, unfused = saved_bytes(model, ids), saved_bytes(plain, ids)
@@ -106,11 +114,11 @@ def test_fused_keeps_fewer_activation_bytes(tiny_llama):
 def test_training_gradients_replay_under_checkpointing(tiny_llama, checkpointing, monkeypatch):
     """Recomputing a block under activation checkpointing draws the same masks (the seed comes
     from torch's CPU generator, which checkpointing restores): gradients equal the run without."""
-    monkeypatch.setattr(lora_dropout, "KEEPS_MASK", ())  # the redrawn masks are what replay must match
+    monkeypatch.setattr(fused_lora, "KEEPS_MASK", ())  # the redrawn masks are what replay must match
     grads = []
     for ckpt in (False, checkpointing):
         model = _lora(tiny_llama)
-        fuse_lora_dropout(model)
+        fuse_lora(model)
         if ckpt:
             model.base_model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -133,7 +141,7 @@ def test_without_dropout_the_fused_adapter_matches_peft_and_keeps_less_with_lean
     plain = _lora(tiny_llama, dropout=0.0)
     lean_activations(plain)
     fused = copy.deepcopy(plain)
-    assert fuse_lora_dropout(fused) == 7 * len(fused.base_model.model.model.layers)
+    assert fuse_lora(fused) == 7 * len(fused.base_model.model.model.layers)
     ids = torch.randint(0, 100, (2, 12))
     grads = []
     for model in (fused, plain):
