@@ -52,7 +52,8 @@ def build(way: str, gpu_config: bool, layers: int, width: int):
     model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
                                                              target_modules=TARGETS))
     if way == "tuneline":
-        fused_lora.KEEPS_MASK = ()  # as on a GPU: masks redrawn in backward
+        fused_lora.KEEPS_MASK = ()  # as on a GPU: masks drawn by drawn_keep, redrawn in backward
+        fused_lora.keep_lanes = lambda shape, p, gen: fused_lora.drawn_keep(shape, p, gen, torch.device("cpu"))
         lean_activations(model)
         fused_lora.fuse_lora(model)
         if gpu_config:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tuneline.training import fused_lora
-from tuneline.training.fused_lora import fuse_lora, keep_mask
+from tuneline.training.fused_lora import drawn_keep, fuse_lora, keep_mask
 
 from conftest import saved_bytes
 
@@ -42,9 +42,16 @@ def _recording_masks(monkeypatch) -> list:
     return drawn
 
 
+def _as_on_a_gpu(monkeypatch) -> None:
+    """The GPU's way on this CPU: masks drawn by `drawn_keep` and redrawn in backward."""
+    monkeypatch.setattr(fused_lora, "KEEPS_MASK", ())
+    monkeypatch.setattr(fused_lora, "keep_lanes", lambda shape, p, gen: drawn_keep(shape, p, gen, torch.device("cpu")))
+
+
 @pytest.mark.parametrize("keeps_mask", [True, False], ids=["mask kept (CPU)", "mask redrawn (GPU)"])
 def test_values_and_gradients_equal_dropout_then_linear_with_the_same_mask(tiny_llama, monkeypatch, keeps_mask):
-    monkeypatch.setattr(fused_lora, "KEEPS_MASK", ("cpu",) if keeps_mask else ())
+    if not keeps_mask:
+        _as_on_a_gpu(monkeypatch)
     model = _lora(tiny_llama)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     assert fuse_lora(model) == 7 * len(model.base_model.model.model.layers)
@@ -75,6 +82,10 @@ def test_masks_follow_torch_manual_seed_and_keep_one_minus_p():
     assert torch.equal(a, keep_mask(shape, 0.1, 1234, torch.device("cpu")))
     assert not torch.equal(a, keep_mask(shape, 0.1, 1235, torch.device("cpu")))
     assert abs(a.float().mean().item() - 0.9) < 0.01
+    gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    g = drawn_keep(shape, 0.1, gen(1234), torch.device("cpu"))  # the GPU's draw, run on the CPU
+    assert g.dtype == torch.bool and torch.equal(g, drawn_keep(shape, 0.1, gen(1234), torch.device("cpu")))
+    assert abs(g.float().mean().item() - 0.9) < 0.01
 
 
 
@@ -114,7 +125,7 @@ def test_fused_keeps_fewer_activation_bytes(tiny_llama):
 def test_training_gradients_replay_under_checkpointing(tiny_llama, checkpointing, monkeypatch):
     """Recomputing a block under activation checkpointing draws the same masks (the seed comes
     from torch's CPU generator, which checkpointing restores): gradients equal the run without."""
-    monkeypatch.setattr(fused_lora, "KEEPS_MASK", ())  # the redrawn masks are what replay must match
+    _as_on_a_gpu(monkeypatch)  # the redrawn masks are what replay must match
     grads = []
     for ckpt in (False, checkpointing):
         model = _lora(tiny_llama)

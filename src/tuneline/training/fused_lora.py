@@ -43,11 +43,17 @@ KEEPS_MASK = ("cpu",)
 def keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
     """The elements dropout keeps (probability 1 - p), a pure function of the seed. On a CPU, 64
     random bits read as four 16-bit lanes (torch's per-element Bernoulli is ~5x slower there; p is
-    rounded to a multiple of 1/65536, see fast_dropout.py); elsewhere uniform draws against p."""
+    rounded to a multiple of 1/65536, see fast_dropout.py); elsewhere `drawn_keep`."""
     gen = torch.Generator(device=device).manual_seed(seed)
     if device.type == "cpu":
         return keep_lanes(shape, p, gen)
-    return torch.rand(shape, device=device, generator=gen) >= p
+    return drawn_keep(shape, p, gen, device)
+
+
+def drawn_keep(shape: torch.Size, p: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A GPU's mask (any device's, so tested here): one Bernoulli kernel writing a byte an element,
+    where uniform draws and a comparison move nine."""
+    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p, generator=gen)
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
