@@ -71,36 +71,41 @@ class _Adapter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, base_out, a, b, scaling: float, p: float, seed: int, dtype: torch.dtype):
         keep = keep_mask(x.shape, p, seed, x.device) if p > 0 else None  # p = 0: no dropout, x kept lean
-        dropped = (x if keep is None else x * keep).to(dtype)
-        h = F.linear(dropped, a.to(dtype))
+        a_c, b_c = _as(a, dtype), _as(b, dtype)  # kept for backward, as autocast keeps its casts
+        h = F.linear(_as(x if keep is None else x * keep, dtype), a_c)
         scale = scaling / (1.0 - p)
-        delta = F.linear(h, b.to(dtype)).mul_(scale)
+        delta = F.linear(h, b_c).mul_(scale)
         x_form, ctx.rebuild = kept_form(x)  # x itself, or what its producer keeps anyway (lean_activations.py)
         ctx.kept_mask = keep is not None and x.device.type in KEEPS_MASK
-        ctx.save_for_backward(a, b, h, *([keep] if ctx.kept_mask else []), *x_form)
-        ctx.p, ctx.seed, ctx.dtype, ctx.scale = p, seed, dtype, scale
-        return (base_out + delta).to(base_out.dtype)  # PEFT's sum, promoted then cast back as PEFT does
+        ctx.save_for_backward(a_c, b_c, h, *([keep] if ctx.kept_mask else []), *x_form)
+        ctx.p, ctx.seed, ctx.dtype, ctx.scale, ctx.param_dtypes = p, seed, dtype, scale, (a.dtype, b.dtype)
+        return _as(base_out + delta, base_out.dtype)  # PEFT's sum, promoted then cast back as PEFT does
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, h, *rest = ctx.saved_tensors
+        a, b, h, *rest = ctx.saved_tensors  # in the compute dtype
         keep, x_form = (rest[0], rest[1:]) if ctx.kept_mask else (None, rest)
         x = ctx.rebuild(*x_form) if ctx.rebuild else x_form[0]
         if keep is None and ctx.p > 0:
             keep = keep_mask(x.shape, ctx.p, ctx.seed, x.device)
         dtype = ctx.dtype
-        grad_delta = grad.to(dtype) * ctx.scale
-        grad_h = grad_delta @ b.to(dtype)
+        grad_delta = _as(grad, dtype) * ctx.scale
+        grad_h = grad_delta @ b
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_h @ a.to(dtype)
-            grad_x = (grad_x if keep is None else grad_x.mul_(keep)).to(x.dtype)
+            grad_x = grad_h @ a
+            grad_x = _as(grad_x if keep is None else grad_x.mul_(keep), x.dtype)
         if ctx.needs_input_grad[2]:
-            dropped = (x if keep is None else x * keep).to(dtype)
-            grad_a = (grad_h.reshape(-1, grad_h.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(a.dtype)
+            dropped = _as(x if keep is None else x * keep, dtype)
+            grad_a = _as(grad_h.reshape(-1, grad_h.shape[-1]).T @ dropped.reshape(-1, x.shape[-1]), ctx.param_dtypes[0])
         if ctx.needs_input_grad[3]:
-            grad_b = (grad_delta.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, h.shape[-1])).to(b.dtype)
+            grad_b = _as(grad_delta.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, h.shape[-1]), ctx.param_dtypes[1])
         return grad_x, grad, grad_a, grad_b, None, None, None, None
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype; t itself when it is already (a no-op `.to` still costs the host a call)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
