@@ -1,5 +1,4 @@
-"""Frozen base weights of an adapter run in bf16 on a GPU (training/frozen_precision.py), checked
-on the CPU: which runs get it, that LoRA still trains in fp32 under autocast, and that the merged
+"""Frozen base weights of an adapter run in bf16 (training/frozen_precision.py): which runs get it, that LoRA still trains in fp32 under autocast, and that the merged
 model is the fp32 one the adapter's deltas were added to at full precision."""
 
 from __future__ import annotations
@@ -9,13 +8,12 @@ import torch
 from tuneline.training.frozen_precision import cast_frozen, frozen_dtype, restore_full_precision
 
 
-def test_only_adapter_runs_on_a_gpu_in_half_precision_unsharded():
-    assert frozen_dtype("cuda", "bf16", adapter=True, sharded=False) is torch.bfloat16
-    assert frozen_dtype("cuda", "fp16", adapter=True, sharded=False) is torch.float16
-    assert frozen_dtype("cuda", "fp32", adapter=True, sharded=False) is None
-    assert frozen_dtype("cuda", "bf16", adapter=False, sharded=False) is None   # full tuning
-    assert frozen_dtype("cuda", "bf16", adapter=True, sharded=True) is None     # FSDP
-    assert frozen_dtype("cpu", "bf16", adapter=True, sharded=False) is None
+def test_only_adapter_runs_in_half_precision_unsharded():
+    assert frozen_dtype("bf16", adapter=True, sharded=False) is torch.bfloat16
+    assert frozen_dtype("fp16", adapter=True, sharded=False) is torch.float16
+    assert frozen_dtype("fp32", adapter=True, sharded=False) is None
+    assert frozen_dtype("bf16", adapter=False, sharded=False) is None   # full tuning
+    assert frozen_dtype("bf16", adapter=True, sharded=True) is None     # FSDP
 
 
 def _lora(tiny_llama):
@@ -58,8 +56,9 @@ def test_lora_trains_in_fp32_over_bf16_frozen_weights_and_merges_in_fp32(tiny_ll
         assert torch.equal(a, b), n
 
 
-def test_a_run_with_the_lever_trains_and_saves_an_fp32_model(tmp_path, tiny_llama, monkeypatch):
-    """The loop's and finish's call points, with the lever forced on for a CPU bf16 run."""
+def test_a_cpu_bf16_run_trains_over_bf16_frozen_weights_and_saves_an_fp32_model(tmp_path, tiny_llama, monkeypatch):
+    """The loop's and finish's call points: a bf16 adapter run keeps its frozen weights in bf16 on a
+    CPU as on a GPU, and still saves an fp32 model."""
     import json
 
     from safetensors.torch import load_file
@@ -70,12 +69,13 @@ def test_a_run_with_the_lever_trains_and_saves_an_fp32_model(tmp_path, tiny_llam
     from conftest import write_jsonl, write_recipe
 
     seen = []
+    real = loop.frozen_dtype
 
-    def forced(device_type, precision, adapter, sharded):
-        seen.append((device_type, precision, adapter))
-        return torch.bfloat16 if adapter else None
+    def spy(precision, adapter, sharded):
+        seen.append(real(precision, adapter, sharded))
+        return seen[-1]
 
-    monkeypatch.setattr(loop, "frozen_dtype", forced)
+    monkeypatch.setattr(loop, "frozen_dtype", spy)
     rows = [{"messages": [{"role": "user", "content": f"code for {i}"}, {"role": "assistant", "content": f"it is {i}"}]}
             for i in range(16)]
     write_jsonl(tmp_path / "train.jsonl", rows)
@@ -84,7 +84,7 @@ def test_a_run_with_the_lever_trains_and_saves_an_fp32_model(tmp_path, tiny_llam
                           train={"max_steps": 2, "batch_size": 4, "max_length": 32, "precision": "bf16"},
                           eval={"max_samples": 2}, generate={"max_new_tokens": 2}, output=str(tmp_path / "run"))
     result = tuneline.train(recipe)
-    assert seen and seen[0][1] == "bf16" and seen[0][2]
+    assert seen == [torch.bfloat16]
     weights = {}
     for f in (result.path / "model").glob("*.safetensors"):
         weights.update(load_file(str(f)))

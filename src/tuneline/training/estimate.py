@@ -172,13 +172,13 @@ def dry_run(recipe, task, source, tokenizer, prepared) -> dict:
     trainable, total = count_parameters(model)
     swap_training_layers(model, device.type, tc.compile)  # as the loop does (the probe runs eager either way)
     cuda_before = 0
-    if device.type == "cuda":
-        from .frozen_precision import cast_frozen, frozen_dtype
-        from .methods import get_method
+    from .frozen_precision import cast_frozen, frozen_dtype
+    from .methods import get_method
 
-        half = frozen_dtype(device.type, precision, get_method(recipe.method).adapter, sharded=False)
-        if half is not None:  # as the loop keeps them
-            cast_frozen(model, half)
+    half = frozen_dtype(precision, get_method(recipe.method).adapter, sharded=False)
+    if half is not None:  # as the loop keeps them
+        cast_frozen(model, half)
+    if device.type == "cuda":
         model.to(device)  # the loop trains there (Accelerate moves it)
         cuda_before = torch.cuda.memory_allocated(device)
     lengths = np.asarray(prepared.train.lengths)  # numpy already when the rows are streamed

@@ -182,7 +182,7 @@ class Trainer:
         # fsdp needs more than one process; with one it is plain training
         self.sharded = self.tc.sharding == "fsdp" and distributed.active()
         precision = {"no": "fp32"}.get(self.acc.mixed_precision, self.acc.mixed_precision)
-        half = frozen_dtype(self.acc.device.type, precision, get_method(self.recipe.method).adapter, self.sharded)
+        half = frozen_dtype(precision, get_method(self.recipe.method).adapter, self.sharded)
         if half is not None:
             cast_frozen(self.model, half)
         self.root = None  # the FSDP root module: every forward computation goes through it
