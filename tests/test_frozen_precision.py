@@ -56,6 +56,21 @@ def test_lora_trains_in_fp32_over_bf16_frozen_weights_and_merges_in_fp32(tiny_ll
         assert torch.equal(a, b), n
 
 
+def test_with_the_base_as_loaded_the_merge_adds_the_delta_to_the_exact_loaded_weights(tiny_llama):
+    """What the finish does: the frozen weights get their loaded fp32 values back (not bf16's
+    rounding), so adapter/ on the original base is model/."""
+    from transformers import AutoModelForCausalLM
+
+    model, reference = _lora(tiny_llama), _lora(tiny_llama)
+    assert cast_frozen(model, torch.bfloat16) > 0
+    load = lambda: AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)  # noqa: E731
+    restored = restore_full_precision(model, load)
+    assert restored == sum(1 for p in model.parameters() if not p.requires_grad)
+    merged, expected = model.merge_and_unload(), reference.merge_and_unload()
+    for (n, a), (_, b) in zip(merged.named_parameters(), expected.named_parameters()):
+        assert torch.equal(a, b), n
+
+
 def test_a_cpu_bf16_run_trains_over_bf16_frozen_weights_and_saves_an_fp32_model(tmp_path, tiny_llama, monkeypatch):
     """The loop's and finish's call points: a bf16 adapter run keeps its frozen weights in bf16 on a
     CPU as on a GPU, and still saves an fp32 model."""
@@ -90,3 +105,13 @@ def test_a_cpu_bf16_run_trains_over_bf16_frozen_weights_and_saves_an_fp32_model(
         weights.update(load_file(str(f)))
     assert {t.dtype for t in weights.values()} == {torch.float32}
     assert json.loads((result.path / "run.json").read_text())["status"] == "completed"
+    # adapter/ on the original base is model/: the delta went onto the loaded weights
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, str(result.path / "adapter")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(result.path / "model"), dtype=torch.float32).eval()
+    ids = torch.randint(5, 900, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

@@ -138,7 +138,9 @@ def pref_recipe(tmp_path, tiny_llama):
 
 
 @pytest.mark.parametrize("objective,method,extra", [
-    ("dpo", "lora", {"dpo": {"beta": 0.5}}),  # at 0.1 the adapter's margins stay within noise (loss ~0.69)
+    # beta 0.1: the adapter's margins stay within noise (loss ~0.69). lr 2e-2 over 6 epochs swung with
+    # rounding (seeds 42, 1-5: 0.5-0.9 accuracy); 1e-2 over 10 reached 1.0 on 5 of 6, margin 0.75 at 42
+    ("dpo", "lora", {"dpo": {"beta": 0.5}, "train": {"lr": 1e-2, "epochs": 10}}),
     ("dpo", "full", {"dpo": {"precompute_reference": False}}),  # the frozen copy
     ("simpo", "full", {}),
     ("orpo", "full", {"orpo": {"beta": 2.0}, "train": {"lr": 6e-3}}),  # a random model: NLL dominates at 0.1

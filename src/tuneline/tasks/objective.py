@@ -68,7 +68,8 @@ class ReferenceParts:
             self.frozen = copy.deepcopy(trainer.model).eval().requires_grad_(False)
 
     def _reference_pass(self, model, data, trainer) -> torch.Tensor:
-        with as_reference(model) as ref:
+        # at the run's precision, as the policy's log-probs are computed in its steps
+        with as_reference(model) as ref, trainer.acc.autocast():
             return split_logps(ref, data, self.collate, trainer.pad_id, trainer.eval_batch, trainer.acc.device)
 
     def reference_sums(self, model, batch: dict) -> torch.Tensor | None:

@@ -18,8 +18,10 @@ from ..runs import RunDir, RunResult, atomic_write_json, atomic_write_text, stag
 from .context import RunContext
 
 
-def save_final_model(model, tokenizer, recipe, run: RunDir) -> tuple[object, bool]:
-    """Write adapter/ (adapter methods) and model/ (plain Transformers). Returns (model to use, merged?)."""
+def save_final_model(model, tokenizer, recipe, run: RunDir, load_base=None) -> tuple[object, bool]:
+    """Write adapter/ (adapter methods) and model/ (plain Transformers). Returns (model to use, merged?).
+    load_base: a callable returning the base model as loaded (frozen weights kept in bf16 get their
+    loaded values back from it before the merge)."""
     method = get_method(recipe.method)
     if method.adapter:
         with staged_dir(run.adapter_dir) as tmp:
@@ -27,7 +29,7 @@ def save_final_model(model, tokenizer, recipe, run: RunDir) -> tuple[object, boo
             tokenizer.save_pretrained(str(tmp))
         if not method.mergeable:
             return model, False  # the adapter is the model (prompt tuning's virtual tokens)
-        restore_full_precision(model)  # the deltas added in fp32, the model saved in fp32
+        restore_full_precision(model, load_base)  # the deltas added in fp32 to the loaded weights
         dequantize_base(model)  # a 4-bit base as the fp32 values it trained with (qlora)
         model = model.merge_and_unload()
     with staged_dir(run.model_dir) as tmp:
@@ -69,7 +71,8 @@ def finish_run(ctx: RunContext, model, state: dict) -> RunResult:
 
     run = ctx.run
     _restore_best(model, run, state)
-    final, merged = save_final_model(model, ctx.tokenizer, ctx.recipe, run)
+    load_base = lambda: ctx.task.load_model(ctx.source.path, ctx.recipe, ctx.tokenizer, ctx.prepared.labels)  # noqa: E731
+    final, merged = save_final_model(model, ctx.tokenizer, ctx.recipe, run, load_base)
     info = run_info(ctx.recipe, ctx.task, ctx.source, ctx.prepared, merged)
     atomic_write_json(run.info_file, info)
     result, eval_seconds = _evaluate_test(ctx, final, info)

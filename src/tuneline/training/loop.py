@@ -273,7 +273,9 @@ class Trainer:
         return self.root(fn) if self.root is not None else fn(self.model)
 
     def evaluate(self) -> dict:
-        with self.compiled.eager() if self.compiled else nullcontext():
+        # at the run's precision, as training: with frozen weights kept in bf16, autocast is what keeps
+        # the log-softmax and the losses in fp32
+        with self.compiled.eager() if self.compiled else nullcontext(), self.acc.autocast():
             return self.run_model(lambda m: self.task.evaluate(m, self.val_data, self.labels, self.pad_id,
                                                           self.eval_batch, self.acc.device))
 
@@ -366,15 +368,18 @@ class Trainer:
         """Forward and backward over every piece of the group's batches, gradients averaged over
         the processes and clipped, the optimizer step. Returns (mean loss, gradient norm or None)."""
         losses = [self._backward(rows, len(group), state) for rows in group]
-        # The step's loss is read back once, here, not per micro-batch (each read waits for the
-        # GPU). A non-finite one stops the run before the optimizer touches a weight.
-        step_loss = float(torch.stack(losses).sum())
+        if distributed.active() and not self.sharded:  # FSDP has reduce-scattered and averaged them already
+            distributed.average_gradients(self.trainable)
+        norm = self._clip()
+        # The step's loss and gradient norm are read back once, together, here (each read waits
+        # for the GPU). A non-finite one stops the run before the optimizer touches a weight.
+        read = torch.stack([torch.stack(losses).sum().float()] + ([norm.float()] if norm is not None else []))
+        step_loss, grad_norm = (read.tolist() + [None])[:2]
         if distributed.active():
-            if not self.sharded:  # FSDP has reduce-scattered and averaged them already
-                distributed.average_gradients(self.trainable)
             step_loss = distributed.all_sum([step_loss])[0] / distributed.world()[1]
         self.guard.check_loss(step_loss, state["step"] + 1, state)
-        grad_norm = self._clip(state)
+        if grad_norm is not None:
+            self.guard.check_grad_norm(grad_norm, state["step"] + 1, state)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -401,20 +406,18 @@ class Trainer:
         self._window.tokens += real
         return batch_loss
 
-    def _clip(self, state: dict) -> float | None:
-        """Clips to max_grad_norm; the norm also feeds the divergence guard. None when neither asks for it."""
+    def _clip(self) -> torch.Tensor | None:
+        """Clips to max_grad_norm; the norm (on the device) also feeds the divergence guard. None
+        when neither asks for it."""
         if not (self.tc.max_grad_norm or self.guard.watches_gradients):
             return None
         # max_norm inf: the norm without clipping, for the guard; after the all-reduce,
         # so every process sees the same norm and stops at the same step
         max_norm = self.tc.max_grad_norm or math.inf
         if self.sharded:  # the global norm over every rank's shards
-            grad_norm = sharding.clip_grad_norm(self.trainable, max_norm)
-        else:
-            # the trainable list, not model.parameters(): walking every frozen weight cost the host ~10 ms a step
-            grad_norm = float(self.acc.clip_grad_norm_(self.trainable, max_norm))
-        self.guard.check_grad_norm(grad_norm, state["step"] + 1, state)
-        return grad_norm
+            return sharding.clip_grad_norm(self.trainable, max_norm)
+        # the trainable list, not model.parameters(): walking every frozen weight cost the host ~10 ms a step
+        return self.acc.clip_grad_norm_(self.trainable, max_norm)
 
     # -- after the step ------------------------------------------------------------
     def _epoch(self, step: int) -> float:

@@ -106,9 +106,7 @@ def shard_optimizer_state(sd: dict, optimizer: torch.optim.Optimizer) -> dict:
     return {**sd, "state": state}
 
 
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
-    """Clip by the global norm over all shards (every rank gets the same value)."""
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip by the global norm over all shards (every rank gets the same value), left on the device."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    if is_sharded(norm):
-        norm = norm.full_tensor()
-    return float(norm)
+    return norm.full_tensor() if is_sharded(norm) else norm
