@@ -355,3 +355,17 @@ def test_own_card_has_metrics_data_and_usage(chat_run, tmp_path):
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation")
     assert "| loss |" in card and "train.jsonl" in card and SYSTEM in card
     assert "## This export (hf)" in card and manifest["model_card"]["origin"].startswith("written by")
+
+
+def test_hf_usage_of_a_chat_model_with_and_without_an_adapter():
+    """The card's usage snippet is there for a fully tuned chat model too (it once came out empty
+    without adapter/), and names adapter/ when there is one."""
+    from tuneline.export.card import usage
+    from tuneline.tasks import get_task
+
+    task = get_task("generate")
+    full = usage("hf", task, {"method": "full"}, {})
+    assert "AutoModelForCausalLM.from_pretrained" in full and "adapter/" not in full
+    lora = usage("hf", task, {"method": "lora", "adapter_dir": "adapter"}, {})
+    assert "AutoModelForCausalLM.from_pretrained" in lora and "adapter/" in lora and "4 bits" not in lora
+    assert "4 bits" in usage("hf", task, {"method": "qlora", "adapter_dir": "adapter"}, {})

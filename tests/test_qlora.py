@@ -121,6 +121,11 @@ def test_a_run_merges_the_adapter_into_the_weights_it_trained_with(tmp_path, tin
     info = json.loads((run / "tuneline.json").read_text())
     assert info["method"] == "qlora" and info["merged"]
     assert (run / "eval.json").exists() and (run / "report.html").exists()
+    # the export checks adapter/ on the base in 4 bits (what it trained on) against model/
+    manifest = tuneline.export_run(run, "hf", tmp_path / "hf", samples=2)
+    adapter = manifest["parity"]["adapter"]
+    assert adapter["checked"] and adapter["passed"] and adapter["max_abs_diff"] < 1e-4, adapter
+    assert "trained on the base in 4 bits" in (tmp_path / "hf" / "README.md").read_text()
 
 
 def test_fsdp_is_refused_with_the_key_and_the_fix(tiny_llama):

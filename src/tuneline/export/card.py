@@ -22,6 +22,19 @@ def metrics_table(ev: dict | None) -> str:
     return f"On {ev.get('n', '?')} held-out test rows:\n\n" + metric_table(ev)
 
 
+def _adapter_line(info: dict) -> str:
+    """Where the adapter alone is, and the base it was trained on (qlora: the base in 4 bits)."""
+    if not info.get("adapter_dir"):
+        return ""
+    from ..training.methods import get_method
+
+    line = "\n\nThe PEFT adapter alone is in `adapter/` (`PeftModel.from_pretrained(base, \"adapter\")`)."
+    if get_method(info.get("method", "lora")).quantize is not None:
+        line += (" It was trained on the base in 4 bits (bitsandbytes NF4, blocks of 64, double quantization); "
+                 "load the base that way for the adapter to reproduce this model.")
+    return line
+
+
 def usage(fmt: str, task, info: dict, manifest: dict) -> str:
     """How to load this export, with nothing of tuneline installed."""
     system = task_options(task, info).get("system_prompt")
@@ -38,9 +51,8 @@ def usage(fmt: str, task, info: dict, manifest: dict) -> str:
                 "inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
                 "return_dict=True)\n"
                 "out = model.generate(**inputs)  # generation_config.json holds the run's decoding options\n"
-                "print(tok.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```\n\n"
-                "The PEFT adapter alone is in `adapter/` (`PeftModel.from_pretrained(base, \"adapter\")`)."
-                if info.get("adapter_dir") else "")
+                "print(tok.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```"
+                + _adapter_line(info))
     if fmt == "gguf":
         first = next(f for f in manifest["files"] if f.endswith(".gguf"))
         return ("```bash\nollama create my-model -f Modelfile && ollama run my-model   # Ollama\n"

@@ -142,9 +142,18 @@ def _adapter_parity(source, out: Path, inputs) -> dict:
     base_path = _base_path(source)
     if base_path is None:
         return {"checked": False, "why": f"base model {source.info.get('base_model')!r} is not available here"}
+    from ..training.methods import base_as_trained
+
     loaded = source.loaded
     base = loaded.task.load_model(base_path, loaded.recipe, loaded.tokenizer, loaded.labels)
+    try:  # the base as the adapter trained on it (qlora: in 4 bits, the values model/ was merged into)
+        base = base_as_trained(base, loaded.recipe)
+    except UserError as e:  # e.g. qlora's bitsandbytes is not installed here
+        return {"checked": False, "why": str(e)}
     model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    elsewhere = {p.device for p in model.parameters()} - {torch.device("cpu")}
+    if elsewhere:  # quantized on the GPU where the run would train: the rest of the model joins it
+        model.to(elsewhere.pop())
     figures = _compare(source, model, inputs)
     tolerance = TOLERANCE[loaded.task.causal_lm]["adapter"]
     figures.update(checked=True, tolerance=tolerance, passed=within(figures, tolerance))

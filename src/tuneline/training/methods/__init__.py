@@ -104,6 +104,13 @@ def apply_method(model, recipe: Recipe, task, quantize: bool = True):
     return _load(method.apply)(model, recipe, task)
 
 
+def base_as_trained(model, recipe: Recipe):
+    """The loaded base model as the recipe's adapter trained on it: through the method's `quantize`
+    (a 4-bit base for qlora), unchanged otherwise. What adapter/ is to be loaded onto."""
+    method = get_method(recipe.method)
+    return _load(method.quantize)(model, recipe) if method.quantize is not None else model
+
+
 def check_method(recipe: Recipe, config) -> None:
     """The method's preflight check against the model's config (no weights loaded)."""
     method = get_method(recipe.method)
