@@ -90,8 +90,8 @@ def apply_method(model, recipe: Recipe, task, quantize: bool = True):
     from ... import hardware
 
     method = get_method(recipe.method)
-    if method.quantize is not None and quantize:
-        model = _load(method.quantize)(model, recipe)
+    if quantize:
+        model = base_as_trained(model, recipe)
 
     if recipe.memory.may_checkpoint(hardware.device_type()):
         # on every block; the loop then leaves checkpointed only as many as the recipe asks or
